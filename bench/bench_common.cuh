@@ -1,0 +1,118 @@
+// Benchmark helpers: CUDA-event timing with a median over launches, rotating input sets so L2
+// does not serve repeated runs, and counters that read as TB/s, TFLOP/s and fractions of the
+// copy bandwidth measured in the same process.
+#pragma once
+
+#include <benchmark/benchmark.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "gecko/core/buffer.hpp"
+#include "gecko/core/device.hpp"
+#include "gecko/core/dtype.hpp"
+
+namespace gecko::bench {
+
+inline void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw Error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+class EventTimer {
+ public:
+  EventTimer() {
+    check_cuda(cudaEventCreate(&start_), "cudaEventCreate");
+    check_cuda(cudaEventCreate(&stop_), "cudaEventCreate");
+  }
+  ~EventTimer() {
+    cudaEventDestroy(start_);
+    cudaEventDestroy(stop_);
+  }
+  // Milliseconds of GPU time taken by fn's work on `stream`.
+  double time_ms(const std::function<void()>& fn, cudaStream_t stream = nullptr) {
+    check_cuda(cudaEventRecord(start_, stream), "cudaEventRecord");
+    fn();
+    check_cuda(cudaEventRecord(stop_, stream), "cudaEventRecord");
+    check_cuda(cudaEventSynchronize(stop_), "cudaEventSynchronize");
+    float ms = 0;
+    check_cuda(cudaEventElapsedTime(&ms, start_, stop_), "cudaEventElapsedTime");
+    return ms;
+  }
+
+ private:
+  cudaEvent_t start_{}, stop_{};
+};
+
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n == 0 ? 0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
+}
+
+// Device-to-device copy bandwidth (bytes read + written per second, in TB/s), measured once.
+inline double copy_bandwidth_tbs() {
+  static double tbs = [] {
+    const std::size_t bytes = std::size_t(1) << 30;
+    DeviceBuffer<char> a(bytes), b(bytes);
+    a.zero();
+    EventTimer t;
+    std::vector<double> ms;
+    for (int i = 0; i < 13; ++i) {
+      const double m = t.time_ms([&] { check_cuda(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice), "copy"); });
+      if (i >= 3) ms.push_back(m);
+    }
+    return 2.0 * bytes / (median(ms) * 1e-3) / 1e12;
+  }();
+  return tbs;
+}
+
+// How many copies of a working set of `bytes` to rotate through so that consecutive launches
+// do not find their inputs in L2.
+inline int rotation_count(double bytes) {
+  const DeviceInfo* dev = nullptr;
+  throw_if_error(current_device_info(&dev));
+  const double l2 = static_cast<double>(dev->l2_bytes);
+  return std::max(1, std::min(16, static_cast<int>(3.0 * l2 / std::max(bytes, 1.0)) + 1));
+}
+
+struct Work {
+  double bytes = 0;  // ideal bytes: each input read once, each output written once
+  double flops = 0;  // useful floating-point operations
+};
+
+// Runs launch(i) (i = rotation index) once per benchmark iteration, timed with events; reports
+// the median as the iteration time and as rate counters.
+inline void run_timed(benchmark::State& state, const std::function<void(int)>& launch, int rotations, Work work) {
+  EventTimer timer;
+  for (int i = 0; i < 3; ++i) launch(i % rotations);
+  check_cuda(cudaDeviceSynchronize(), "warm-up");
+  std::vector<double> ms;
+  int i = 0;
+  for (auto _ : state) {
+    const double m = timer.time_ms([&] { launch(i++ % rotations); });
+    state.SetIterationTime(m * 1e-3);
+    ms.push_back(m);
+  }
+  check_cuda(cudaGetLastError(), "benchmark launch");
+  const double med = median(ms);
+  state.counters["median_ms"] = med;
+  if (work.bytes > 0) {
+    const double tbs = work.bytes / (med * 1e-3) / 1e12;
+    state.counters["TB/s"] = tbs;
+    state.counters["copy_frac"] = tbs / copy_bandwidth_tbs();
+  }
+  if (work.flops > 0) state.counters["TFLOP/s"] = work.flops / (med * 1e-3) / 1e12;
+}
+
+inline void add_device_context() {
+  const DeviceInfo* dev = nullptr;
+  if (current_device_info(&dev).ok()) {
+    benchmark::AddCustomContext("device", dev->name);
+    benchmark::AddCustomContext("sm_count", std::to_string(dev->sm_count));
+  }
+}
+
+}  // namespace gecko::bench

@@ -1,0 +1,12 @@
+// Umbrella header: everything host code may include (CPU references, arguments, I/O).
+// CUDA launchers (*.cuh) are included separately from .cu translation units.
+#pragma once
+
+#include "gecko/core/buffer.hpp"
+#include "gecko/core/device.hpp"
+#include "gecko/core/dtype.hpp"
+#include "gecko/core/status.hpp"
+#include "gecko/core/tensor_view.hpp"
+#include "gecko/io/safetensors.hpp"
+#include "gecko/ops/group_norm/args.hpp"
+#include "gecko/ops/group_norm/reference.hpp"

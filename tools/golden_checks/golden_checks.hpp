@@ -1,0 +1,29 @@
+// Runs the CPU reference on one golden case and compares every output and gradient it holds.
+// Dispatches on the case's "component" metadata; each component's checker has its own header.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "check_common.hpp"
+#include "check_group_norm.hpp"
+
+namespace gecko::golden {
+
+inline CaseResult check_case(const testing::GoldenCase& gc) {
+  std::string component = gc.has_meta("component") ? gc.meta("component") : "";
+  try {
+    if (component == "group_rms_norm" || component == "group_layer_norm") return check_group_norm(gc);
+  } catch (const std::exception& e) {
+    CaseResult r;
+    r.component = component;
+    r.error = e.what();
+    return r;
+  }
+  CaseResult r;
+  r.component = component.empty() ? "<no component metadata>" : component;
+  r.supported = false;
+  return r;
+}
+
+}  // namespace gecko::golden
