@@ -1,8 +1,8 @@
 // CUDA kernels for group RMSNorm / LayerNorm (device code only; launch.cuh picks and launches).
 //
-// Fast path: one CTA per row (forward) or a persistent grid over rows (backward). Each thread
-// holds ITEMS 16-byte words of the row in registers, so x is read once; group statistics are
-// segmented reductions over the threads that hold a group. The backward also accumulates its
+// Fast path: a persistent grid over rows. Each thread holds ITEMS 16-byte words of the current
+// row and prefetches the next row's, so x is read once; group statistics are segmented
+// reductions over the threads that hold a group. The backward also accumulates its
 // share of dweight/dbias in registers and writes one partial row per CTA, which a second kernel
 // sums in a fixed order (deterministic, no atomics).
 // Generic path (any group size or alignment): one warp per (row, group), looping over channels.
@@ -37,66 +37,90 @@ __device__ __forceinline__ void load_scale(const T* w, int col, float (&out)[VEC
   }
 }
 
+// Loads the ITEMS words of one row that this thread owns.
+template <class T, int ITEMS>
+__device__ __forceinline__ void load_row(const T* row, float (&v)[ITEMS][kVec16<T>]) {
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) load_as_float<T, kVec16<T>>(row + (i * blockDim.x + threadIdx.x) * kVec16<T>, v[i]);
+}
+
+// Persistent over rows (CTA c handles rows c, c + gridDim.x, ...). The next row is loaded before
+// the current one is reduced, so each thread keeps two rows' words in flight: one row per CTA
+// leaves DRAM idle while the reductions synchronize.
 template <class T, int ITEMS, bool kLayer>
 __global__ void __launch_bounds__(1024) forward_rows_kernel(RowParams p, const T* __restrict__ x,
                                                             const T* __restrict__ w, const T* __restrict__ b,
                                                             T* __restrict__ y) {
   constexpr int VEC = kVec16<T>;
   __shared__ float scratch[ITEMS * 32];
-  const std::int64_t row = blockIdx.x;
-  const T* xr = x + row * p.x_stride;
-  T* yr = y + row * p.y_stride;
   const float inv_k = 1.f / p.group_size;
-
-  float v[ITEMS][VEC];
-#pragma unroll
-  for (int i = 0; i < ITEMS; ++i) load_as_float<T, VEC>(xr + (i * blockDim.x + threadIdx.x) * VEC, v[i]);
-
-  float mean[ITEMS];
-#pragma unroll
-  for (int i = 0; i < ITEMS; ++i) {
-    float s = 0.f;
-    if (kLayer) {
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) s += v[i][j];
-    }
-    mean[i] = s;
-  }
-  if (kLayer) {
-    segmented_allreduce_sum<ITEMS>(mean, p.lanes_per_group, scratch);
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) mean[i] *= inv_k;
-  }
-  float rstd[ITEMS];
-#pragma unroll
-  for (int i = 0; i < ITEMS; ++i) {
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const float d = v[i][j] - mean[i];
-      s += d * d;
-    }
-    rstd[i] = s;
-  }
-  segmented_allreduce_sum<ITEMS>(rstd, p.lanes_per_group, scratch);
-#pragma unroll
-  for (int i = 0; i < ITEMS; ++i) rstd[i] = rsqrtf(rstd[i] * inv_k + p.eps);
-
+  float scale[ITEMS][VEC], shift[ITEMS][VEC];
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
     const int col = (i * blockDim.x + threadIdx.x) * VEC;
-    float scale[VEC], out[VEC];
-    load_scale<T, VEC>(w, col, scale);
-    float shift[VEC] = {};
-    if (b) load_as_float<T, VEC>(b + col, shift);
+    load_scale<T, VEC>(w, col, scale[i]);
+    if (b) {
+      load_as_float<T, VEC>(b + col, shift[i]);
+    } else {
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) out[j] = (v[i][j] - mean[i]) * rstd[i] * scale[j] + shift[j];
-    store_from_float<T, VEC>(yr + col, out);
+      for (int j = 0; j < VEC; ++j) shift[i][j] = 0.f;
+    }
+  }
+  std::int64_t row = blockIdx.x;
+  if (row >= p.rows) return;
+  float v[ITEMS][VEC];
+  load_row<T, ITEMS>(x + row * p.x_stride, v);
+  for (; row < p.rows; row += gridDim.x) {
+    const std::int64_t next = row + gridDim.x;
+    float nv[ITEMS][VEC];
+    if (next < p.rows) load_row<T, ITEMS>(x + next * p.x_stride, nv);
+
+    float mean[ITEMS];
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      float s = 0.f;
+      if (kLayer) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) s += v[i][j];
+      }
+      mean[i] = s;
+    }
+    if (kLayer) {
+      segmented_allreduce_sum<ITEMS>(mean, p.lanes_per_group, scratch);
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) mean[i] *= inv_k;
+    }
+    float rstd[ITEMS];
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      float s = 0.f;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const float d = v[i][j] - mean[i];
+        s += d * d;
+      }
+      rstd[i] = s;
+    }
+    segmented_allreduce_sum<ITEMS>(rstd, p.lanes_per_group, scratch);
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const float r = rsqrtf(rstd[i] * inv_k + p.eps);
+      float out[VEC];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) out[j] = (v[i][j] - mean[i]) * r * scale[i][j] + shift[i][j];
+      store_from_float<T, VEC>(y + row * p.y_stride + (i * blockDim.x + threadIdx.x) * VEC, out);
+    }
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i)
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) v[i][j] = nv[i][j];
   }
 }
 
-// Persistent over rows: CTA c handles rows c, c + gridDim.x, ... and writes its dweight/dbias
-// partial sums to partial[c * channels + col] (and partial[(gridDim.x + c) * channels + col]).
+// Persistent over rows like the forward, with the next row's x and dy prefetched. CTA c writes its
+// dweight/dbias partial sums to partial[c * channels + col] and partial[(gridDim.x + c) * channels + col].
+// Two reductions per row for LayerNorm ([sum x, sum g], then [sum xc^2, sum g xc]) and one for
+// RMSNorm ([sum x^2, sum g x]), where g = dy * scale and xc = x - mean.
 template <class T, int ITEMS, bool kLayer>
 __global__ void __launch_bounds__(1024) backward_rows_kernel(RowParams p, const T* __restrict__ x,
                                                              const T* __restrict__ w, const T* __restrict__ dy,
@@ -112,65 +136,76 @@ __global__ void __launch_bounds__(1024) backward_rows_kernel(RowParams p, const 
 #pragma unroll
     for (int j = 0; j < VEC; ++j) acc_w[i][j] = acc_b[i][j] = 0.f;
   }
-
-  for (std::int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-    float xv[ITEMS][VEC], gv[ITEMS][VEC];
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int col = (i * blockDim.x + threadIdx.x) * VEC;
-      load_as_float<T, VEC>(x + row * p.x_stride + col, xv[i]);
-      load_as_float<T, VEC>(dy + row * p.dy_stride + col, gv[i]);
+  std::int64_t row = blockIdx.x;
+  float xv[ITEMS][VEC], gv[ITEMS][VEC];
+  if (row < p.rows) {
+    load_row<T, ITEMS>(x + row * p.x_stride, xv);
+    load_row<T, ITEMS>(dy + row * p.dy_stride, gv);
+  }
+  for (; row < p.rows; row += gridDim.x) {
+    const std::int64_t next = row + gridDim.x;
+    float nx[ITEMS][VEC], ng[ITEMS][VEC];
+    if (next < p.rows) {
+      load_row<T, ITEMS>(x + next * p.x_stride, nx);
+      load_row<T, ITEMS>(dy + next * p.dy_stride, ng);
     }
-    float mean[ITEMS];
+    float mean[ITEMS], sums[2 * ITEMS];
 #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      float s = 0.f;
-      if (kLayer) {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) s += xv[i][j];
-      }
-      mean[i] = s;
-    }
+    for (int i = 0; i < ITEMS; ++i) mean[i] = 0.f;
     if (kLayer) {
-      segmented_allreduce_sum<ITEMS>(mean, p.lanes_per_group, scratch);
 #pragma unroll
-      for (int i = 0; i < ITEMS; ++i) mean[i] *= inv_k;
+      for (int i = 0; i < ITEMS; ++i) {
+        float sx = 0.f, sg = 0.f;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          sx += xv[i][j];
+          sg += gv[i][j] * scale[i][j];
+        }
+        sums[i] = sx;
+        sums[ITEMS + i] = sg;
+      }
+      segmented_allreduce_sum<2 * ITEMS>(sums, p.lanes_per_group, scratch);
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) mean[i] = sums[i] * inv_k;
     }
-    // sums[i] = sum (x-mean)^2 ; sums[ITEMS+i] = sum dy*w*(x-mean) ; and sum dy*w (LayerNorm)
-    float sums[2 * ITEMS], sum_dyw[ITEMS];
+    float mean_g[ITEMS];
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) mean_g[i] = kLayer ? sums[ITEMS + i] * inv_k : 0.f;
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
-      float sq = 0.f, dxc = 0.f, dsum = 0.f;
+      float sq = 0.f, sgx = 0.f;
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         const float xc = xv[i][j] - mean[i];
-        const float g = gv[i][j] * scale[i][j];
         sq += xc * xc;
-        dxc += g * xc;
-        dsum += g;
+        sgx += gv[i][j] * scale[i][j] * xc;
       }
       sums[i] = sq;
-      sums[ITEMS + i] = dxc;
-      sum_dyw[i] = dsum;
+      sums[ITEMS + i] = sgx;
     }
     segmented_allreduce_sum<2 * ITEMS>(sums, p.lanes_per_group, scratch);
-    if (kLayer) segmented_allreduce_sum<ITEMS>(sum_dyw, p.lanes_per_group, scratch);
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const float rstd = rsqrtf(sums[i] * inv_k + p.eps);
-      const float mean_dxc = sums[ITEMS + i] * inv_k;
-      const float mean_dyw = kLayer ? sum_dyw[i] * inv_k : 0.f;
+      const float mean_gx = sums[ITEMS + i] * inv_k;
       const float r3 = rstd * rstd * rstd;
       float out[VEC];
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         const float xc = xv[i][j] - mean[i];
-        out[j] = rstd * (gv[i][j] * scale[i][j] - mean_dyw) - r3 * mean_dxc * xc;
+        out[j] = rstd * (gv[i][j] * scale[i][j] - mean_g[i]) - r3 * mean_gx * xc;
         acc_w[i][j] += gv[i][j] * xc * rstd;
         acc_b[i][j] += gv[i][j];
       }
       store_from_float<T, VEC>(dx + row * p.dx_stride + (i * blockDim.x + threadIdx.x) * VEC, out);
     }
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i)
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        xv[i][j] = nx[i][j];
+        gv[i][j] = ng[i][j];
+      }
   }
   if (!partial) return;
 #pragma unroll

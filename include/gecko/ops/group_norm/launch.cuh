@@ -61,13 +61,23 @@ inline kernels::RowParams row_params(const Problem& p, float eps, int lanes) {
 }
 
 template <class T, bool kLayer>
-void launch_forward_rows(int items, dim3 grid, int threads, cudaStream_t s, const kernels::RowParams& rp,
+void launch_forward_rows(int items, int grid, int threads, cudaStream_t s, const kernels::RowParams& rp,
                          const T* x, const T* w, const T* b, T* y) {
   switch (items) {
     case 1: kernels::forward_rows_kernel<T, 1, kLayer><<<grid, threads, 0, s>>>(rp, x, w, b, y); break;
     case 2: kernels::forward_rows_kernel<T, 2, kLayer><<<grid, threads, 0, s>>>(rp, x, w, b, y); break;
     case 4: kernels::forward_rows_kernel<T, 4, kLayer><<<grid, threads, 0, s>>>(rp, x, w, b, y); break;
     default: kernels::forward_rows_kernel<T, 8, kLayer><<<grid, threads, 0, s>>>(rp, x, w, b, y); break;
+  }
+}
+
+template <class T, bool kLayer>
+const void* forward_rows_symbol(int items) {
+  switch (items) {
+    case 1: return reinterpret_cast<const void*>(&kernels::forward_rows_kernel<T, 1, kLayer>);
+    case 2: return reinterpret_cast<const void*>(&kernels::forward_rows_kernel<T, 2, kLayer>);
+    case 4: return reinterpret_cast<const void*>(&kernels::forward_rows_kernel<T, 4, kLayer>);
+    default: return reinterpret_cast<const void*>(&kernels::forward_rows_kernel<T, 8, kLayer>);
   }
 }
 
@@ -92,17 +102,21 @@ void launch_backward_rows(int items, int grid, int threads, cudaStream_t s, cons
   }
 }
 
-// Grid of the persistent backward: as many CTAs as fit on the device at once, capped by rows.
-template <class T>
-Status backward_grid(const Problem& p, const RowPlan& plan, Kind kind, int& grid) {
+// Grid of a persistent row kernel: as many CTAs as fit on the device at once, capped by rows.
+inline Status persistent_grid(const Problem& p, const RowPlan& plan, const void* fn, int& grid) {
   const DeviceInfo* dev = nullptr;
   GECKO_RETURN_IF_ERROR(current_device_info(&dev));
   int per_sm = 0;
-  const void* fn = kind == Kind::kLayer ? backward_rows_symbol<T, true>(plan.items) : backward_rows_symbol<T, false>(plan.items);
   GECKO_CUDA_RETURN(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, plan.threads, 0));
   const std::int64_t cap = static_cast<std::int64_t>(dev->sm_count) * (per_sm > 0 ? per_sm : 1);
   grid = static_cast<int>(p.rows < cap ? (p.rows > 0 ? p.rows : 1) : cap);
   return Status::success();
+}
+
+template <class T>
+Status backward_grid(const Problem& p, const RowPlan& plan, Kind kind, int& grid) {
+  const void* fn = kind == Kind::kLayer ? backward_rows_symbol<T, true>(plan.items) : backward_rows_symbol<T, false>(plan.items);
+  return persistent_grid(p, plan, fn, grid);
 }
 
 template <class T>
@@ -141,7 +155,9 @@ Status forward(const ForwardArgs<T>& a, cudaStream_t stream) {
   const auto rp = detail::row_params(p, a.eps, plan.lanes_per_group);
   const bool layer = a.kind == Kind::kLayer;
   if (plan.items) {
-    const dim3 grid(static_cast<unsigned>(p.rows));
+    int grid = 0;
+    const void* fn = layer ? detail::forward_rows_symbol<T, true>(plan.items) : detail::forward_rows_symbol<T, false>(plan.items);
+    GECKO_RETURN_IF_ERROR(detail::persistent_grid(p, plan, fn, grid));
     if (layer)
       detail::launch_forward_rows<T, true>(plan.items, grid, plan.threads, stream, rp, a.x.data, a.weight.data, a.bias.data, a.y.data);
     else

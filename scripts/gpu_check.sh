@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, in one call: every GPU test with GECKO_REQUIRE_GPU=1, the same tests
+# under compute-sanitizer (memcheck, racecheck), the demo, and the benchmarks. Writes logs and
+# the benchmark JSON into the folder given as $1 (at most a few files: the device tool returns 8).
+#   usage: bash .gpu/gpu_check.sh OUT_DIR [benchmark filter regex]
+set -uo pipefail
+OUT="${1:?usage: gpu_check.sh OUT_DIR [benchmark filter]}"
+FILTER="${2:-.}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export LD_LIBRARY_PATH="$HERE${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export GECKO_REQUIRE_GPU=1 GECKO_GOLDEN_DIR="$HERE/golden"
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+status=0
+step() { echo "== $*" | tee -a "$LOG"; }
+
+step "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee -a "$LOG"
+
+step "gpu tests"
+"$HERE/gecko_gpu_tests" 2>&1 | tee "$OUT/gpu_tests.log" | tail -5 | tee -a "$LOG"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; echo "GPU TESTS FAILED" | tee -a "$LOG"; }
+
+if [ "${GECKO_SKIP_SANITIZER:-0}" != 1 ]; then
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool"
+    compute-sanitizer --tool "$tool" --error-exitcode 9 "$HERE/gecko_gpu_tests" ${GECKO_SANITIZER_ARGS:-} \
+      >"$OUT/sanitizer_$tool.log" 2>&1
+    rc=$?
+    tail -3 "$OUT/sanitizer_$tool.log" | tee -a "$LOG"
+    [ $rc -eq 0 ] || { status=1; echo "SANITIZER $tool FAILED (rc $rc)" | tee -a "$LOG"; }
+  done
+fi
+
+step "demo"
+"$HERE/gecko_demo" 2>&1 | tee -a "$LOG"
+
+step "benchmarks"
+CARD="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+"$HERE/gecko_bench" --benchmark_filter="$FILTER" --benchmark_context=commit="$(cat "$HERE/COMMIT" 2>/dev/null)" \
+  --benchmark_context=card="$CARD" --benchmark_out="$OUT/bench.json" --benchmark_out_format=json \
+  --benchmark_counters_tabular=true 2>&1 | tee "$OUT/bench.txt" | tail -60
+exit $status
