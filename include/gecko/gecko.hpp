@@ -8,5 +8,7 @@
 #include "gecko/core/status.hpp"
 #include "gecko/core/tensor_view.hpp"
 #include "gecko/io/safetensors.hpp"
+#include "gecko/ops/cema/reference.hpp"
 #include "gecko/ops/group_norm/args.hpp"
 #include "gecko/ops/group_norm/reference.hpp"
+#include "gecko/ops/timestep_norm/reference.hpp"

@@ -6,7 +6,9 @@
 #include <vector>
 
 #include "check_common.hpp"
+#include "check_cema.hpp"
 #include "check_group_norm.hpp"
+#include "check_timestep_norm.hpp"
 
 namespace gecko::golden {
 
@@ -14,6 +16,8 @@ inline CaseResult check_case(const testing::GoldenCase& gc) {
   std::string component = gc.has_meta("component") ? gc.meta("component") : "";
   try {
     if (component == "group_rms_norm" || component == "group_layer_norm") return check_group_norm(gc);
+    if (component == "timestep_decay_norm") return check_timestep_norm(gc);
+    if (component == "cema") return check_cema(gc);
   } catch (const std::exception& e) {
     CaseResult r;
     r.component = component;
