@@ -12,3 +12,4 @@
 #include "gecko/ops/group_norm/args.hpp"
 #include "gecko/ops/group_norm/reference.hpp"
 #include "gecko/ops/timestep_norm/reference.hpp"
+#include "gecko/ops/working_memory/reference.hpp"

@@ -9,6 +9,7 @@
 #include "check_cema.hpp"
 #include "check_group_norm.hpp"
 #include "check_timestep_norm.hpp"
+#include "check_working_memory.hpp"
 
 namespace gecko::golden {
 
@@ -18,6 +19,7 @@ inline CaseResult check_case(const testing::GoldenCase& gc) {
     if (component == "group_rms_norm" || component == "group_layer_norm") return check_group_norm(gc);
     if (component == "timestep_decay_norm") return check_timestep_norm(gc);
     if (component == "cema") return check_cema(gc);
+    if (component == "adaptive_working_memory") return check_working_memory(gc);
   } catch (const std::exception& e) {
     CaseResult r;
     r.component = component;
