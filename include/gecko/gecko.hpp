@@ -11,5 +11,7 @@
 #include "gecko/ops/cema/reference.hpp"
 #include "gecko/ops/group_norm/args.hpp"
 #include "gecko/ops/group_norm/reference.hpp"
+#include "gecko/ops/rope/reference.hpp"
+#include "gecko/ops/sliding_chunk_attention/reference.hpp"
 #include "gecko/ops/timestep_norm/reference.hpp"
 #include "gecko/ops/working_memory/reference.hpp"

@@ -8,6 +8,7 @@
 #include "check_common.hpp"
 #include "check_cema.hpp"
 #include "check_group_norm.hpp"
+#include "check_rope_sca.hpp"
 #include "check_timestep_norm.hpp"
 #include "check_working_memory.hpp"
 
@@ -19,6 +20,7 @@ inline CaseResult check_case(const testing::GoldenCase& gc) {
     if (component == "group_rms_norm" || component == "group_layer_norm") return check_group_norm(gc);
     if (component == "timestep_decay_norm") return check_timestep_norm(gc);
     if (component == "cema") return check_cema(gc);
+    if (component == "sliding_chunk_attention") return check_sliding_chunk_attention(gc);
     if (component == "adaptive_working_memory") return check_working_memory(gc);
   } catch (const std::exception& e) {
     CaseResult r;
