@@ -72,16 +72,6 @@ void launch_forward_rows(int items, int grid, int threads, cudaStream_t s, const
 }
 
 template <class T, bool kLayer>
-const void* forward_rows_symbol(int items) {
-  switch (items) {
-    case 1: return reinterpret_cast<const void*>(&kernels::forward_rows_kernel<T, 1, kLayer>);
-    case 2: return reinterpret_cast<const void*>(&kernels::forward_rows_kernel<T, 2, kLayer>);
-    case 4: return reinterpret_cast<const void*>(&kernels::forward_rows_kernel<T, 4, kLayer>);
-    default: return reinterpret_cast<const void*>(&kernels::forward_rows_kernel<T, 8, kLayer>);
-  }
-}
-
-template <class T, bool kLayer>
 const void* backward_rows_symbol(int items) {
   switch (items) {
     case 1: return reinterpret_cast<const void*>(&kernels::backward_rows_kernel<T, 1, kLayer>);
@@ -155,9 +145,7 @@ Status forward(const ForwardArgs<T>& a, cudaStream_t stream) {
   const auto rp = detail::row_params(p, a.eps, plan.lanes_per_group);
   const bool layer = a.kind == Kind::kLayer;
   if (plan.items) {
-    int grid = 0;
-    const void* fn = layer ? detail::forward_rows_symbol<T, true>(plan.items) : detail::forward_rows_symbol<T, false>(plan.items);
-    GECKO_RETURN_IF_ERROR(detail::persistent_grid(p, plan, fn, grid));
+    const int grid = static_cast<int>(p.rows);
     if (layer)
       detail::launch_forward_rows<T, true>(plan.items, grid, plan.threads, stream, rp, a.x.data, a.weight.data, a.bias.data, a.y.data);
     else

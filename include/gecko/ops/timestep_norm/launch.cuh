@@ -1,0 +1,297 @@
+// Host launchers for the timestep decay normalization CUDA kernels: validation, tiling,
+// workspace. Stream-ordered; never synchronizes or allocates.
+#pragma once
+
+#include <cmath>
+#include <cuda_runtime.h>
+
+#include "gecko/core/cuda_check.hpp"
+#include "gecko/ops/timestep_norm/args.hpp"
+#include "gecko/ops/timestep_norm/kernel.cuh"
+
+namespace gecko::timestep_norm::cuda {
+
+// What the CUDA forward saves for the CUDA backward (fp32): 8 bytes per (token, group) plus
+// 8 per token, about 6% of one bf16 activation at the 7B shape.
+struct Saved {
+  TensorView<float> stats;       // [B, L, G, 2]: bias-corrected mean and rstd used at each step
+  TensorView<float> correction;  // [B, L, 2]: 1 / (1 - beta1^c) and 1 / (1 - beta2^c) at each step
+};
+
+namespace detail {
+
+inline std::size_t align_up(std::size_t v, std::size_t a) { return (v + a - 1) / a * a; }
+
+struct Plan {
+  kernels::Tiling tl{};
+  int vec = 1;
+  std::size_t smem = 0;
+  std::size_t flags_bytes = 0;  // ticket + flags: zeroed before every launch
+  std::size_t agg_offset = 0, incl_offset = 0, partial_offset = 0, total = 0;
+};
+
+template <class T>
+Plan make_plan(const Problem& p, bool backward, bool partials, std::initializer_list<const void*> ptrs,
+               std::initializer_list<std::int64_t> strides) {
+  Plan pl;
+  kernels::Tiling& tl = pl.tl;
+  tl.batch = static_cast<int>(p.batch);
+  tl.length = static_cast<int>(p.length);
+  tl.channels = static_cast<int>(p.channels);
+  tl.groups = static_cast<int>(p.groups);
+  tl.group_size = static_cast<int>(p.group_size);
+  // Whole groups per slab, up to 512 channels (one group if groups are wider).
+  int gt = 1;
+  for (int d = 1; d <= tl.groups; ++d)
+    if (tl.groups % d == 0 && static_cast<long long>(d) * tl.group_size <= 512) gt = d;
+  tl.slab_groups = gt;
+  tl.slab_channels = gt * tl.group_size;
+  tl.slabs = tl.channels / tl.slab_channels;
+  const long long budget = backward ? 16384 : 65536;  // bytes of each tile held in shared memory
+  tl.tile_tokens = static_cast<int>(std::max<long long>(1, std::min<long long>(backward ? 32 : 64,
+                                    budget / (static_cast<long long>(tl.slab_channels) * sizeof(T)))));
+  tl.time_tiles = (tl.length + tl.tile_tokens - 1) / tl.tile_tokens;
+  int lanes = 1;
+  while (lanes < 32 && lanes * 2 <= tl.group_size / 2) lanes *= 2;
+  tl.lanes_per_pair = lanes;
+
+  constexpr int V = kVec16<T>;
+  bool vec_ok = tl.group_size % V == 0;
+  for (const void* q : ptrs) vec_ok = vec_ok && (!q || reinterpret_cast<std::uintptr_t>(q) % 16 == 0);
+  for (std::int64_t s : strides) vec_ok = vec_ok && s % V == 0;
+  pl.vec = vec_ok ? V : 1;
+
+  const std::size_t tile_elems = static_cast<std::size_t>(tl.tile_tokens) * tl.slab_channels;
+  const std::size_t pairs = static_cast<std::size_t>(tl.tile_tokens) * tl.slab_groups;
+  const std::size_t agg_bytes = backward ? sizeof(kernels::AdjointAggregate) : sizeof(kernels::Aggregate);
+  pl.smem = (backward ? 2 : 1) * tile_elems * sizeof(T) + (backward ? 5 : 3) * pairs * 4 + 8 +
+            static_cast<std::size_t>(tl.slab_groups) * (16 + kernels::kWindow * agg_bytes);
+
+  const std::size_t tiles = static_cast<std::size_t>(tl.time_tiles) * tl.batch * tl.slabs;
+  const std::size_t agg_size = backward ? sizeof(kernels::AdjointAggregate) : sizeof(kernels::Aggregate);
+  const std::size_t incl_size = backward ? sizeof(kernels::AdjointState) : sizeof(kernels::ChainState);
+  pl.flags_bytes = align_up(4 * (1 + tiles), 256);
+  pl.agg_offset = pl.flags_bytes;
+  pl.incl_offset = align_up(pl.agg_offset + tiles * tl.slab_groups * agg_size, 256);
+  pl.partial_offset = align_up(pl.incl_offset + tiles * tl.slab_groups * incl_size, 256);
+  pl.total = pl.partial_offset;
+  if (partials) pl.total += 2 * static_cast<std::size_t>(tl.time_tiles) * tl.batch * tl.channels * sizeof(float);
+  return pl;
+}
+
+inline kernels::Decay make_decay(double beta) {
+  return kernels::Decay{static_cast<float>(beta), static_cast<float>(1.0 - beta), static_cast<float>(std::log(beta))};
+}
+
+inline bool overlaps(const void* a, std::size_t an, const void* b, std::size_t bn) {
+  const auto x = reinterpret_cast<std::uintptr_t>(a), y = reinterpret_cast<std::uintptr_t>(b);
+  return a && b && x < y + bn && y < x + an;
+}
+
+template <class Args>
+Status check_cuda_problem(const Args& a, const Problem& p) {
+  if (a.beta_precision != BetaPrecision::kExact)
+    return unsupported("the CUDA timestep norm computes beta powers exactly; reference_float32 is CPU-only");
+  if (p.batch * p.length > (1LL << 31) || p.channels > (1 << 30))
+    return unsupported("timestep norm: tensor too large for 32-bit tile indexing");
+  return Status::success();
+}
+
+inline Status check_saved(const Saved& s, const Problem& p, bool required) {
+  if (s.stats.empty() && s.correction.empty()) {
+    if (required) return invalid_argument("saved.stats and saved.correction (from the CUDA forward) are required");
+    return Status::success();
+  }
+  GECKO_RETURN_IF_ERROR(check_shape(s.stats, "saved.stats", {p.batch, p.length, p.groups, 2}));
+  GECKO_RETURN_IF_ERROR(check_shape(s.correction, "saved.correction", {p.batch, p.length, 2}));
+  GECKO_RETURN_IF_ERROR(check_memory(s.stats, "saved.stats", Memory::kDevice));
+  GECKO_RETURN_IF_ERROR(check_memory(s.correction, "saved.correction", Memory::kDevice));
+  GECKO_RETURN_IF_ERROR(check_contiguous(s.stats, "saved.stats"));
+  return check_contiguous(s.correction, "saved.correction");
+}
+
+template <class T>
+Plan forward_plan(const ForwardArgs<T>& a, const Problem& p) {
+  return make_plan<T>(p, false, false, {a.x.data, a.y.data, a.weight.data, a.bias.data},
+                      {a.x.stride(0), a.x.stride(1), a.y.stride(0), a.y.stride(1)});
+}
+
+template <class T>
+Plan backward_plan(const BackwardArgs<T>& a, const Problem& p) {
+  return make_plan<T>(p, true, !a.dweight.empty() || !a.dbias.empty(),
+                      {a.x.data, a.dy.data, a.dx.data, a.weight.data},
+                      {a.x.stride(0), a.x.stride(1), a.dy.stride(0), a.dy.stride(1), a.dx.stride(0), a.dx.stride(1)});
+}
+
+template <class K>
+Status allow_smem(K kernel, std::size_t bytes) {
+  if (bytes > 48 * 1024)
+    GECKO_CUDA_RETURN(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  return Status::success();
+}
+
+}  // namespace detail
+
+template <class T>
+Status forward_workspace_size(const ForwardArgs<T>& a, std::size_t& bytes) {
+  Problem p;
+  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  bytes = detail::forward_plan(a, p).total;
+  return Status::success();
+}
+
+template <class T>
+Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std::size_t workspace_bytes,
+               cudaStream_t stream) {
+  static_assert(!std::is_same_v<T, double>, "the CUDA timestep norm takes float, half or bfloat16");
+  Problem p;
+  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  GECKO_RETURN_IF_ERROR(detail::check_cuda_problem(a, p));
+  GECKO_RETURN_IF_ERROR(detail::check_saved(saved, p, false));
+  if (p.has_prev_state && p.has_state_out) {
+    const std::size_t gb = static_cast<std::size_t>(p.batch * p.groups) * sizeof(float);
+    if (detail::overlaps(a.prev_mean.data, gb, a.mean.data, gb) || detail::overlaps(a.prev_var.data, gb, a.var.data, gb) ||
+        detail::overlaps(a.prev_count.data, p.batch * 8, a.count.data, p.batch * 8))
+      return unsupported("the CUDA timestep norm cannot write its state out over the state in: use separate buffers");
+  }
+  const auto pl = detail::forward_plan(a, p);
+  if (workspace_bytes < pl.total || !workspace)
+    return invalid_argument("timestep norm forward needs " + std::to_string(pl.total) + " bytes of workspace, got " +
+                            std::to_string(workspace_bytes));
+  if (p.batch == 0 || p.length == 0) {
+    if (p.has_state_out) {
+      // Nothing to process: the state passes through unchanged.
+      const std::size_t gb = static_cast<std::size_t>(p.batch * p.groups) * sizeof(float);
+      if (p.has_prev_state) {
+        GECKO_CUDA_RETURN(cudaMemcpyAsync(a.mean.data, a.prev_mean.data, gb, cudaMemcpyDeviceToDevice, stream));
+        GECKO_CUDA_RETURN(cudaMemcpyAsync(a.var.data, a.prev_var.data, gb, cudaMemcpyDeviceToDevice, stream));
+        GECKO_CUDA_RETURN(cudaMemcpyAsync(a.count.data, a.prev_count.data, p.batch * 8, cudaMemcpyDeviceToDevice, stream));
+      } else {
+        GECKO_CUDA_RETURN(cudaMemsetAsync(a.mean.data, 0, gb, stream));
+        GECKO_CUDA_RETURN(cudaMemsetAsync(a.var.data, 0, gb, stream));
+        GECKO_CUDA_RETURN(cudaMemsetAsync(a.count.data, 0, p.batch * 8, stream));
+      }
+    }
+    return Status::success();
+  }
+  char* ws = static_cast<char*>(workspace);
+  GECKO_CUDA_RETURN(cudaMemsetAsync(ws, 0, pl.flags_bytes, stream));
+  kernels::ForwardParams kp{};
+  kp.tl = pl.tl;
+  kp.x_sb = a.x.stride(0);
+  kp.x_sl = a.x.stride(1);
+  kp.y_sb = a.y.stride(0);
+  kp.y_sl = a.y.stride(1);
+  kp.d1 = detail::make_decay(a.beta1);
+  kp.d2 = detail::make_decay(a.beta2);
+  kp.eps = a.eps;
+  kp.bos = a.bos_mask.data;
+  kp.pad = a.padding_mask.data;
+  kp.prev_count = reinterpret_cast<const long long*>(a.prev_count.data);
+  kp.prev_mean = a.prev_mean.data;
+  kp.prev_var = a.prev_var.data;
+  kp.count_out = reinterpret_cast<long long*>(a.count.data);
+  kp.mean_out = a.mean.data;
+  kp.var_out = a.var.data;
+  kp.saved_stats = reinterpret_cast<float2*>(saved.stats.data);
+  kp.saved_corr = reinterpret_cast<float2*>(saved.correction.data);
+  kp.ticket = reinterpret_cast<unsigned*>(ws);
+  kp.flags = kp.ticket + 1;
+  kp.agg = reinterpret_cast<kernels::Aggregate*>(ws + pl.agg_offset);
+  kp.incl = reinterpret_cast<kernels::ChainState*>(ws + pl.incl_offset);
+  const unsigned grid = static_cast<unsigned>(static_cast<long long>(pl.tl.time_tiles) * pl.tl.batch * pl.tl.slabs);
+  if (pl.vec == 1) {
+    GECKO_RETURN_IF_ERROR(detail::allow_smem(kernels::forward_kernel<T, 1>, pl.smem));
+    kernels::forward_kernel<T, 1><<<grid, 256, pl.smem, stream>>>(kp, a.x.data, a.weight.data, a.bias.data, a.y.data);
+  } else {
+    GECKO_RETURN_IF_ERROR(detail::allow_smem(kernels::forward_kernel<T, kVec16<T>>, pl.smem));
+    kernels::forward_kernel<T, kVec16<T>><<<grid, 256, pl.smem, stream>>>(kp, a.x.data, a.weight.data, a.bias.data, a.y.data);
+  }
+  return last_launch_status("timestep_norm forward");
+}
+
+template <class T>
+Status backward_workspace_size(const BackwardArgs<T>& a, std::size_t& bytes) {
+  Problem p;
+  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  bytes = detail::backward_plan(a, p).total;
+  return Status::success();
+}
+
+template <class T>
+Status backward(const BackwardArgs<T>& a, const Saved& saved, void* workspace, std::size_t workspace_bytes,
+                cudaStream_t stream) {
+  static_assert(!std::is_same_v<T, double>, "the CUDA timestep norm takes float, half or bfloat16");
+  Problem p;
+  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  GECKO_RETURN_IF_ERROR(detail::check_cuda_problem(a, p));
+  GECKO_RETURN_IF_ERROR(detail::check_saved(saved, p, true));
+  if ((a.dprev_mean.empty() != a.dprev_var.empty()))
+    return invalid_argument("dprev_mean and dprev_var must be given together");
+  if ((a.dmean.empty() != a.dvar.empty())) return invalid_argument("dmean and dvar must be given together");
+  const auto pl = detail::backward_plan(a, p);
+  if (workspace_bytes < pl.total || !workspace)
+    return invalid_argument("timestep norm backward needs " + std::to_string(pl.total) + " bytes of workspace, got " +
+                            std::to_string(workspace_bytes));
+  const bool partials = !a.dweight.empty() || !a.dbias.empty();
+  if (p.batch == 0 || p.length == 0) {
+    const std::size_t gb = static_cast<std::size_t>(p.batch * p.groups) * sizeof(float);
+    if (!a.dprev_mean.empty()) {
+      if (!a.dmean.empty()) {
+        GECKO_CUDA_RETURN(cudaMemcpyAsync(a.dprev_mean.data, a.dmean.data, gb, cudaMemcpyDeviceToDevice, stream));
+        GECKO_CUDA_RETURN(cudaMemcpyAsync(a.dprev_var.data, a.dvar.data, gb, cudaMemcpyDeviceToDevice, stream));
+      } else {
+        GECKO_CUDA_RETURN(cudaMemsetAsync(a.dprev_mean.data, 0, gb, stream));
+        GECKO_CUDA_RETURN(cudaMemsetAsync(a.dprev_var.data, 0, gb, stream));
+      }
+    }
+    if (!a.dweight.empty()) GECKO_CUDA_RETURN(cudaMemsetAsync(a.dweight.data, 0, p.channels * 4, stream));
+    if (!a.dbias.empty()) GECKO_CUDA_RETURN(cudaMemsetAsync(a.dbias.data, 0, p.channels * 4, stream));
+    return Status::success();
+  }
+  char* ws = static_cast<char*>(workspace);
+  GECKO_CUDA_RETURN(cudaMemsetAsync(ws, 0, pl.flags_bytes, stream));
+  kernels::BackwardParams kp{};
+  kp.tl = pl.tl;
+  kp.x_sb = a.x.stride(0);
+  kp.x_sl = a.x.stride(1);
+  kp.dy_sb = a.dy.stride(0);
+  kp.dy_sl = a.dy.stride(1);
+  kp.dx_sb = a.dx.stride(0);
+  kp.dx_sl = a.dx.stride(1);
+  kp.d1 = detail::make_decay(a.beta1);
+  kp.d2 = detail::make_decay(a.beta2);
+  kp.bos = a.bos_mask.data;
+  kp.pad = a.padding_mask.data;
+  kp.saved_stats = reinterpret_cast<const float2*>(saved.stats.data);
+  kp.saved_corr = reinterpret_cast<const float2*>(saved.correction.data);
+  kp.dmean = a.dmean.data;
+  kp.dvar = a.dvar.data;
+  kp.dprev_mean = a.dprev_mean.data;
+  kp.dprev_var = a.dprev_var.data;
+  kp.partial = partials ? reinterpret_cast<float*>(ws + pl.partial_offset) : nullptr;
+  kp.ticket = reinterpret_cast<unsigned*>(ws);
+  kp.flags = kp.ticket + 1;
+  kp.agg = reinterpret_cast<kernels::AdjointAggregate*>(ws + pl.agg_offset);
+  kp.incl = reinterpret_cast<kernels::AdjointState*>(ws + pl.incl_offset);
+  const unsigned grid = static_cast<unsigned>(static_cast<long long>(pl.tl.time_tiles) * pl.tl.batch * pl.tl.slabs);
+  if (pl.vec == 1) {
+    GECKO_RETURN_IF_ERROR(detail::allow_smem(kernels::backward_kernel<T, 1>, pl.smem));
+    kernels::backward_kernel<T, 1><<<grid, 256, pl.smem, stream>>>(kp, a.x.data, a.weight.data, a.dy.data, a.dx.data);
+  } else {
+    GECKO_RETURN_IF_ERROR(detail::allow_smem(kernels::backward_kernel<T, kVec16<T>>, pl.smem));
+    kernels::backward_kernel<T, kVec16<T>><<<grid, 256, pl.smem, stream>>>(kp, a.x.data, a.weight.data, a.dy.data, a.dx.data);
+  }
+  GECKO_RETURN_IF_ERROR(last_launch_status("timestep_norm backward"));
+  if (partials) {
+    const long long parts = static_cast<long long>(pl.tl.time_tiles) * pl.tl.batch;
+    const unsigned blocks = static_cast<unsigned>((p.channels + 255) / 256);
+    const float* part = kp.partial;
+    if (!a.dweight.empty()) kernels::sum_parts_kernel<<<blocks, 256, 0, stream>>>(part, parts, static_cast<int>(p.channels), a.dweight.data);
+    if (!a.dbias.empty())
+      kernels::sum_parts_kernel<<<blocks, 256, 0, stream>>>(part + parts * p.channels, parts, static_cast<int>(p.channels), a.dbias.data);
+  }
+  return last_launch_status("timestep_norm parameter gradients");
+}
+
+}  // namespace gecko::timestep_norm::cuda
