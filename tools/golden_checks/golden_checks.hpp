@@ -8,6 +8,7 @@
 #include "check_common.hpp"
 #include "check_cema.hpp"
 #include "check_group_norm.hpp"
+#include "check_layers.hpp"
 #include "check_rope_sca.hpp"
 #include "check_timestep_norm.hpp"
 #include "check_working_memory.hpp"
@@ -22,6 +23,9 @@ inline CaseResult check_case(const testing::GoldenCase& gc) {
     if (component == "cema") return check_cema(gc);
     if (component == "sliding_chunk_attention") return check_sliding_chunk_attention(gc);
     if (component == "adaptive_working_memory") return check_working_memory(gc);
+    if (component == "mega_layer") return check_mega_layer(gc);
+    if (component == "mega_layer_decode") return check_mega_decode(gc);
+    if (component == "nffn") return check_nffn(gc);
   } catch (const std::exception& e) {
     CaseResult r;
     r.component = component;
