@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "gecko/core/async_copy.cuh"
 #include "gecko/core/lookback.cuh"
 #include "gecko/core/vector_io.cuh"
 
@@ -48,7 +49,7 @@ __device__ __forceinline__ ChainState apply(ChainState s, const Aggregate& a) {
   return ChainState{fmaf(a.a1, s.m, a.b1), fmaf(a.a2, s.v, a.b2), a.reset ? a.n : s.count + a.n};
 }
 
-inline constexpr int kWindow = 16;  // aggregates staged per look-back round
+inline constexpr int kWindow = 64;  // aggregates staged per look-back round
 
 struct Tiling {
   int batch, length, channels, groups, group_size;
@@ -58,6 +59,22 @@ struct Tiling {
   int slabs;          // D / Dc
   int time_tiles;     // ceil(L / Lt)
   int lanes_per_pair; // lanes that reduce one (token, group): a power of two <= 32
+  // Word mapping (the fast path): thread i owns word (i % words) of rows i / words, i / words +
+  // rows_per_pass, ...; a group is K / VEC consecutive threads (a power of two <= 32), so group
+  // sums are a few shuffles and no loop divides. Set when blockDim % words == 0.
+  int word_mapped;
+};
+
+// The word a thread owns under the word mapping, and the rows it visits.
+struct WordMap {
+  int words, word, row0, row_step, group_lanes;
+  __device__ WordMap(const Tiling& tl, int vec) {
+    words = tl.slab_channels / vec;
+    word = threadIdx.x % words;
+    row0 = threadIdx.x / words;
+    row_step = blockDim.x / words;
+    group_lanes = tl.group_size / vec;
+  }
 };
 
 struct ForwardParams {
@@ -89,7 +106,9 @@ __device__ __forceinline__ float pair_sum(float v, int lanes) {
   return v;
 }
 
-// Loads rows [t0, t0 + lt) x channels [c0, c0 + Dc) of a [B, L, D] tensor into smem [lt][Dc].
+// Starts loading rows [t0, t0 + lt) x channels [c0, c0 + Dc) of a [B, L, D] tensor into smem
+// [lt][Dc]: 16-byte cp.async copies (all in flight at once) on the vector path, plain loads on
+// the scalar path. Callers commit, wait and __syncthreads before reading.
 template <class T, int VEC>
 __device__ __forceinline__ void load_tile(T* dst, const T* src, long long sb, long long sl, int b, int t0, int lt,
                                           int c0, int dc) {
@@ -97,39 +116,116 @@ __device__ __forceinline__ void load_tile(T* dst, const T* src, long long sb, lo
   for (int i = threadIdx.x; i < lt * words; i += blockDim.x) {
     const int r = i / words, w = i - r * words;
     const T* g = src + b * sb + (t0 + r) * sl + c0 + w * VEC;
-    *reinterpret_cast<Packed<T, VEC>*>(dst + r * dc + w * VEC) = *reinterpret_cast<const Packed<T, VEC>*>(g);
+    if constexpr (VEC * sizeof(T) == 16) {
+      cp_async_16(dst + r * dc + w * VEC, g);
+    } else {
+      *reinterpret_cast<Packed<T, VEC>*>(dst + r * dc + w * VEC) = *reinterpret_cast<const Packed<T, VEC>*>(g);
+    }
   }
 }
 
+// One element of the forward's in-tile scan (see the local scan in forward_kernel).
+struct ScanEl {
+  int n;
+  int reset;
+  float bm, bv;
+  __device__ static ScanEl identity() { return ScanEl{0, 0, 0.f, 0.f}; }
+};
+
+// a then b.
+__device__ __forceinline__ ScanEl compose(const ScanEl& a, const ScanEl& b, const Decay& d1, const Decay& d2) {
+  if (b.reset) return b;
+  return ScanEl{a.n + b.n, a.reset, fmaf(expf(b.n * d1.log_beta), a.bm, b.bm), fmaf(expf(b.n * d2.log_beta), a.bv, b.bv)};
+}
+
+__device__ __forceinline__ ScanEl shfl_up(const ScanEl& e, int d) {
+  return ScanEl{__shfl_up_sync(0xffffffffu, e.n, d), __shfl_up_sync(0xffffffffu, e.reset, d),
+                __shfl_up_sync(0xffffffffu, e.bm, d), __shfl_up_sync(0xffffffffu, e.bv, d)};
+}
+__device__ __forceinline__ ScanEl shfl_idx(const ScanEl& e, int lane) {
+  return ScanEl{__shfl_sync(0xffffffffu, e.n, lane), __shfl_sync(0xffffffffu, e.reset, lane),
+                __shfl_sync(0xffffffffu, e.bm, lane), __shfl_sync(0xffffffffu, e.bv, lane)};
+}
+
+// The step of token t (global row index) with group moments (mu, s).
+__device__ __forceinline__ ScanEl token_el(const ForwardParams& p, long long t, float mu, float s) {
+  if (mask_at(p.pad, t)) return ScanEl::identity();
+  return ScanEl{1, mask_at(p.bos, t) ? 1 : 0, p.d1.one_minus * mu, p.d2.one_minus * s};
+}
+
+// Shared-memory arrays of one tile in flight (besides the tile data itself).
+struct ForwardTileSmem {
+  float* m;             // [Lt][Gt] mu, then local m, then mhat
+  float* v;             // [Lt][Gt] s, then local v, then rstd
+  int* n;               // [Lt][Gt] local count, negative after a BOS
+  ChainState* prefix;   // [Gt]
+  Aggregate* window;    // [kWindow][Gt]
+  Aggregate* own;       // [Gt]
+  int* found;
+};
+
+// Starts the cp.async loads of the tile of `ticket` (or nothing past the last ticket).
 template <class T, int VEC>
-__global__ void __launch_bounds__(256) forward_kernel(ForwardParams p, const T* __restrict__ x,
-                                                      const T* __restrict__ weight, const T* __restrict__ bias,
-                                                      T* __restrict__ y) {
+__device__ __forceinline__ void start_forward_tile(const ForwardParams& p, const T* x, unsigned ticket, T* xs) {
+  const Tiling& tl = p.tl;
+  const int chains = tl.batch * tl.slabs;
+  if (ticket >= static_cast<unsigned>(tl.time_tiles * chains)) return;
+  const int tt = static_cast<int>(ticket) / chains, chain = static_cast<int>(ticket) % chains;
+  const int b = chain / tl.slabs, slab = chain % tl.slabs;
+  const int t0 = tt * tl.tile_tokens;
+  load_tile<T, VEC>(xs, x, p.x_sb, p.x_sl, b, t0, min(tl.tile_tokens, tl.length - t0), slab * tl.slab_channels,
+                    tl.slab_channels);
+}
+
+// Everything after the tile's data is in shared memory: moments, local scan, look-back, y.
+template <class T, int VEC>
+__device__ void forward_tile(const ForwardParams& p, const T* __restrict__ weight, const T* __restrict__ bias,
+                             T* __restrict__ y, unsigned ticket, const T* xs, const ForwardTileSmem& sm) {
   const Tiling& tl = p.tl;
   const int Lt = tl.tile_tokens, Dc = tl.slab_channels, Gt = tl.slab_groups, K = tl.group_size;
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* xs = reinterpret_cast<T*>(smem);                                       // [Lt][Dc]
-  float* s_m = reinterpret_cast<float*>(smem + sizeof(T) * Lt * Dc);        // [Lt][Gt] mu, then local m, then mhat
-  float* s_v = s_m + Lt * Gt;                                               // s, then local v, then rstd
-  int* s_n = reinterpret_cast<int*>(s_v + Lt * Gt);                         // local count, negative after a BOS
-  ChainState* s_prefix = reinterpret_cast<ChainState*>(s_n + Lt * Gt + (Lt * Gt & 1));  // [Gt]
-  Aggregate* s_window = reinterpret_cast<Aggregate*>(s_prefix + Gt);        // [kWindow][Gt]
-  __shared__ unsigned s_ticket;
-  __shared__ int s_found;
-
-  if (threadIdx.x == 0) s_ticket = lookback::take_ticket(p.ticket);
-  __syncthreads();
+  float* s_m = sm.m;
+  float* s_v = sm.v;
+  int* s_n = sm.n;
+  ChainState* s_prefix = sm.prefix;
+  Aggregate* s_window = sm.window;
+  Aggregate* s_own = sm.own;
+  int& s_found = *sm.found;
   const int chains = tl.batch * tl.slabs;
-  const int tt = static_cast<int>(s_ticket) / chains, chain = static_cast<int>(s_ticket) % chains;
+  const int tt = static_cast<int>(ticket) / chains, chain = static_cast<int>(ticket) % chains;
   const int b = chain / tl.slabs, slab = chain % tl.slabs;
   const int t0 = tt * Lt, lt = min(Lt, tl.length - t0), c0 = slab * Dc;
   const long long row0 = static_cast<long long>(b) * tl.length;
+  (void)Lt;
 
-  load_tile<T, VEC>(xs, x, p.x_sb, p.x_sl, b, t0, lt, c0, Dc);
-  __syncthreads();
-
-  // Per (token, group) moments, two-pass: lanes_per_pair lanes per pair.
-  {
+  // Per (token, group) moments, two-pass.
+  if (tl.word_mapped) {
+    const WordMap wm(tl, VEC);
+    const int gi = wm.word * VEC / K;
+    for (int r0 = 0; r0 < lt; r0 += wm.row_step) {  // uniform trip count: every lane shuffles
+      const int r = r0 + wm.row0;
+      float v[VEC];
+      if (r < lt) {
+        const Packed<T, VEC> pk = *reinterpret_cast<const Packed<T, VEC>*>(xs + r * Dc + wm.word * VEC);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) v[j] = to_float(pk.v[j]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) v[j] = 0.f;
+      }
+      float s = 0.f;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) s += v[j];
+      const float mu = pair_sum(s, wm.group_lanes) / K;
+      float q = 0.f;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) q += (v[j] - mu) * (v[j] - mu);
+      q = pair_sum(q, wm.group_lanes) / K;
+      if (r < lt && (wm.word & (wm.group_lanes - 1)) == 0) {
+        s_m[r * Gt + gi] = mu;
+        s_v[r * Gt + gi] = q;
+      }
+    }
+  } else {
     const int lanes = tl.lanes_per_pair, per_warp = 32 / lanes, lane = threadIdx.x & 31;
     const int sub = lane & (lanes - 1);
     const int pairs = lt * Gt;
@@ -157,37 +253,40 @@ __global__ void __launch_bounds__(256) forward_kernel(ForwardParams p, const T* 
   }
   __syncthreads();
 
-  // Local scan from a zero state, one thread per group of the slab. The update is written as
-  // m + (1 - beta)(mu - m) with the exact (1 - beta), so the decay it implies matches the exact
-  // beta^n used for the entering state (float(beta) itself is 1.7e-4 off in 1 - beta at 0.9999).
+  // Local scan from a zero state: one warp per group, a parallel affine scan over the tile's
+  // tokens (lane l owns tokens [l * per, (l + 1) * per)). Each token maps the state entering it as
+  // m' = reset ? bm : beta1^n m + bm (same for v with beta2), count' = reset ? n : count + n.
+  // Decays are beta^n with the exact beta, so a sequence of steps agrees with the exact model.
   Aggregate own{};
-  if (threadIdx.x < Gt) {
-    const int gi = threadIdx.x;
-    float m = 0.f, v = 0.f;
-    int n = 0;
-    bool reset = false;
-    for (int r = 0; r < lt; ++r) {
-      const long long t = row0 + t0 + r;
-      const int i = r * Gt + gi;
-      if (!mask_at(p.pad, t)) {
-        const float mu = s_m[i], s = s_v[i];
-        if (mask_at(p.bos, t)) {
-          m = p.d1.one_minus * mu;
-          v = p.d2.one_minus * s;
-          n = 1;
-          reset = true;
-        } else {
-          m = fmaf(p.d1.one_minus, mu - m, m);
-          v = fmaf(p.d2.one_minus, s - v, v);
-          ++n;
-        }
+  {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+    const int per = (lt + 31) / 32;
+    for (int gi = warp; gi < Gt; gi += nwarps) {
+      ScanEl agg = ScanEl::identity();
+      for (int r = lane * per; r < min(lt, (lane + 1) * per); ++r)
+        agg = compose(agg, token_el(p, row0 + t0 + r, s_m[r * Gt + gi], s_v[r * Gt + gi]), p.d1, p.d2);
+      // Inclusive scan of the lanes' aggregates, then the exclusive prefix of this lane.
+      ScanEl inc = agg;
+      for (int d = 1; d < 32; d <<= 1) {
+        const ScanEl up = shfl_up(inc, d);
+        if (lane >= d) inc = compose(up, inc, p.d1, p.d2);
       }
-      s_m[i] = m;
-      s_v[i] = v;
-      s_n[i] = reset ? -n : n;
+      ScanEl run = shfl_up(inc, 1);
+      if (lane == 0) run = ScanEl::identity();
+      for (int r = lane * per; r < min(lt, (lane + 1) * per); ++r) {
+        const int i = r * Gt + gi;
+        run = compose(run, token_el(p, row0 + t0 + r, s_m[i], s_v[i]), p.d1, p.d2);
+        s_m[i] = run.bm;
+        s_v[i] = run.bv;
+        s_n[i] = run.reset ? -run.n : run.n;
+      }
+      const ScanEl last = shfl_idx(inc, 31);
+      if (lane == 0) s_own[gi] = last.reset ? Aggregate{0.f, last.bm, 0.f, last.bv, last.n, 1}
+                                            : Aggregate{expf(last.n * p.d1.log_beta), last.bm,
+                                                        expf(last.n * p.d2.log_beta), last.bv, last.n, 0};
     }
-    own = reset ? Aggregate{0.f, m, 0.f, v, n, 1}
-                : Aggregate{expf(n * p.d1.log_beta), m, expf(n * p.d2.log_beta), v, n, 0};
+    __syncthreads();
+    if (threadIdx.x < Gt) own = s_own[threadIdx.x];
   }
 
   // The state entering this tile.
@@ -251,6 +350,29 @@ __global__ void __launch_bounds__(256) forward_kernel(ForwardParams p, const T* 
   __syncthreads();
 
   // y from the tile in shared memory.
+  if (tl.word_mapped) {
+    const WordMap wm(tl, VEC);
+    const int c = wm.word * VEC, gi = c / K;
+    float sc[VEC], sh[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) sc[j] = 1.f, sh[j] = 0.f;
+    if (weight) {
+      load_as_float<T, VEC>(weight + c0 + c, sc);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) sc[j] += 1.f;
+    }
+    if (bias) load_as_float<T, VEC>(bias + c0 + c, sh);
+    for (int r = wm.row0; r < lt; r += wm.row_step) {
+      const Packed<T, VEC> pk = *reinterpret_cast<const Packed<T, VEC>*>(xs + r * Dc + c);
+      const float mh = s_m[r * Gt + gi], rs = s_v[r * Gt + gi];
+      const bool padded = mask_at(p.pad, row0 + t0 + r);
+      float out[VEC];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) out[j] = padded ? 0.f : (to_float(pk.v[j]) - mh) * rs * sc[j] + sh[j];
+      store_from_float<T, VEC>(y + b * p.y_sb + (t0 + r) * p.y_sl + c0 + c, out);
+    }
+    return;
+  }
   const int words = Dc / VEC;
   for (int i = threadIdx.x; i < lt * words; i += blockDim.x) {
     const int r = i / words, w = i - r * words;
@@ -281,6 +403,38 @@ __global__ void __launch_bounds__(256) forward_kernel(ForwardParams p, const T* 
     }
     store_from_float<T, VEC>(y + b * p.y_sb + (t0 + r) * p.y_sl + c0 + c, out);
   }
+}
+
+// One tile per CTA, CTAs started in ticket order. Tiles are small so that many CTAs share an SM:
+// while some wait in look-back (a few L2 round trips), others load and store. A persistent,
+// double-buffered variant was measured slower: a ticket held while its CTA still works on an
+// earlier tile publishes nothing, and every later tile of its chain waits for it.
+template <class T, int VEC>
+__global__ void __launch_bounds__(256) forward_kernel(ForwardParams p, const T* __restrict__ x,
+                                                      const T* __restrict__ weight, const T* __restrict__ bias,
+                                                      T* __restrict__ y) {
+  const Tiling& tl = p.tl;
+  const int Lt = tl.tile_tokens, Dc = tl.slab_channels, Gt = tl.slab_groups;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* xs = reinterpret_cast<T*>(smem);
+  ForwardTileSmem sm;
+  sm.m = reinterpret_cast<float*>(xs + Lt * Dc);
+  sm.v = sm.m + Lt * Gt;
+  sm.n = reinterpret_cast<int*>(sm.v + Lt * Gt);
+  sm.prefix = reinterpret_cast<ChainState*>(sm.n + Lt * Gt + (Lt * Gt & 1));
+  sm.window = reinterpret_cast<Aggregate*>(sm.prefix + Gt);
+  sm.own = sm.window + kWindow * Gt;
+  __shared__ int s_found;
+  __shared__ unsigned s_ticket;
+  sm.found = &s_found;
+  if (threadIdx.x == 0) s_ticket = lookback::take_ticket(p.ticket);
+  __syncthreads();
+  const unsigned ticket = s_ticket;
+  start_forward_tile<T, VEC>(p, x, ticket, xs);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  forward_tile<T, VEC>(p, weight, bias, y, ticket, xs, sm);
 }
 
 // ---- backward ---------------------------------------------------------------------------------
@@ -323,40 +477,122 @@ struct BackwardParams {
   AdjointState* incl;
 };
 
+// One element of the backward's in-tile reverse scan.
+struct AdjEl {
+  int n;
+  int reset;
+  float cu, cw;
+  __device__ static AdjEl identity() { return AdjEl{0, 0, 0.f, 0.f}; }
+};
+
+// `first` (later in time, applied first) then `second`.
+__device__ __forceinline__ AdjEl then(const AdjEl& first, const AdjEl& second, const Decay& d1, const Decay& d2) {
+  if (second.reset) return second;
+  return AdjEl{first.n + second.n, first.reset, fmaf(expf(second.n * d1.log_beta), first.cu, second.cu),
+               fmaf(expf(second.n * d2.log_beta), first.cw, second.cw)};
+}
+
+__device__ __forceinline__ AdjEl shfl_down(const AdjEl& e, int d) {
+  return AdjEl{__shfl_down_sync(0xffffffffu, e.n, d), __shfl_down_sync(0xffffffffu, e.reset, d),
+               __shfl_down_sync(0xffffffffu, e.cu, d), __shfl_down_sync(0xffffffffu, e.cw, d)};
+}
+__device__ __forceinline__ AdjEl shfl_idx(const AdjEl& e, int lane) {
+  return AdjEl{__shfl_sync(0xffffffffu, e.n, lane), __shfl_sync(0xffffffffu, e.reset, lane),
+               __shfl_sync(0xffffffffu, e.cu, lane), __shfl_sync(0xffffffffu, e.cw, lane)};
+}
+
+// The map of token t on the adjoints: local terms lm, lv (already 0 on padded steps).
+__device__ __forceinline__ AdjEl adj_el(const BackwardParams& p, long long t, float lm, float lv) {
+  if (mask_at(p.pad, t)) return AdjEl::identity();
+  if (mask_at(p.bos, t)) return AdjEl{0, 1, 0.f, 0.f};
+  return AdjEl{1, 0, fmaf(-p.d1.one_minus, lm, lm), fmaf(-p.d2.one_minus, lv, lv)};
+}
+
+struct BackwardTileSmem {
+  float *mu, *gm, *gv, *e1;
+  AdjointState* prefix;
+  AdjointAggregate* window;
+  AdjointAggregate* own;
+  int* found;
+};
+
 template <class T, int VEC>
-__global__ void __launch_bounds__(256) backward_kernel(BackwardParams p, const T* __restrict__ x,
-                                                       const T* __restrict__ weight, const T* __restrict__ dy,
-                                                       T* __restrict__ dx) {
+__device__ __forceinline__ void start_backward_tile(const BackwardParams& p, const T* x, const T* dy, unsigned ticket,
+                                                    T* xs) {
+  const Tiling& tl = p.tl;
+  const int chains = tl.batch * tl.slabs;
+  if (ticket >= static_cast<unsigned>(tl.time_tiles * chains)) return;
+  const int step = static_cast<int>(ticket) / chains, chain = static_cast<int>(ticket) % chains;
+  const int tt = tl.time_tiles - 1 - step;
+  const int b = chain / tl.slabs, slab = chain % tl.slabs;
+  const int t0 = tt * tl.tile_tokens, lt = min(tl.tile_tokens, tl.length - t0), c0 = slab * tl.slab_channels;
+  load_tile<T, VEC>(xs, x, p.x_sb, p.x_sl, b, t0, lt, c0, tl.slab_channels);
+  load_tile<T, VEC>(xs + tl.tile_tokens * tl.slab_channels, dy, p.dy_sb, p.dy_sl, b, t0, lt, c0, tl.slab_channels);
+}
+
+template <class T, int VEC>
+__device__ void backward_tile(const BackwardParams& p, const T* __restrict__ weight, T* __restrict__ dx,
+                              unsigned ticket, T* xs, const BackwardTileSmem& sm) {
   const Tiling& tl = p.tl;
   const int Lt = tl.tile_tokens, Dc = tl.slab_channels, Gt = tl.slab_groups, K = tl.group_size;
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* xs = reinterpret_cast<T*>(smem);                                       // [Lt][Dc]
-  T* gs = xs + Lt * Dc;                                                     // [Lt][Dc] dy
-  float* s_mu = reinterpret_cast<float*>(gs + Lt * Dc);                     // [Lt][Gt]
-  float* s_gm = s_mu + Lt * Gt;   // local adjoint of m at the step, then du
-  float* s_gv = s_gm + Lt * Gt;   // local adjoint of v at the step, then dv
-  float* s_e1 = s_gv + Lt * Gt;   // decay from the adjoint entering the tile (at its end) to the step
-  float* s_e2 = s_e1 + Lt * Gt;
-  AdjointState* s_prefix = reinterpret_cast<AdjointState*>(s_e2 + Lt * Gt);  // [Gt]
-  AdjointAggregate* s_window = reinterpret_cast<AdjointAggregate*>(s_prefix + Gt);  // [kWindow][Gt]
-  __shared__ unsigned s_ticket;
-  __shared__ int s_found;
-
-  if (threadIdx.x == 0) s_ticket = lookback::take_ticket(p.ticket);
-  __syncthreads();
+  T* gs = xs + Lt * Dc;
+  float* s_mu = sm.mu;
+  float* s_gm = sm.gm;
+  float* s_gv = sm.gv;
+  float* s_e1 = sm.e1;
+  AdjointState* s_prefix = sm.prefix;
+  AdjointAggregate* s_window = sm.window;
+  AdjointAggregate* s_own = sm.own;
+  int& s_found = *sm.found;
   const int chains = tl.batch * tl.slabs;
-  const int step = static_cast<int>(s_ticket) / chains, chain = static_cast<int>(s_ticket) % chains;
+  const int step = static_cast<int>(ticket) / chains, chain = static_cast<int>(ticket) % chains;
   const int tt = tl.time_tiles - 1 - step;  // tiles are visited from the end of time
   const int b = chain / tl.slabs, slab = chain % tl.slabs;
   const int t0 = tt * Lt, lt = min(Lt, tl.length - t0), c0 = slab * Dc;
   const long long row0 = static_cast<long long>(b) * tl.length;
 
-  load_tile<T, VEC>(xs, x, p.x_sb, p.x_sl, b, t0, lt, c0, Dc);
-  load_tile<T, VEC>(gs, dy, p.dy_sb, p.dy_sl, b, t0, lt, c0, Dc);
-  __syncthreads();
-
   // Per (token, group): mu, and the local adjoint terms -r db / c1 and -r^3 ds / (2 c2).
-  {
+  if (tl.word_mapped) {
+    const WordMap wm(tl, VEC);
+    const int c = wm.word * VEC, gi = c / K;
+    float sc[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) sc[j] = 1.f;
+    if (weight) {
+      load_as_float<T, VEC>(weight + c0 + c, sc);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) sc[j] += 1.f;
+    }
+    for (int r0 = 0; r0 < lt; r0 += wm.row_step) {
+      const int r = r0 + wm.row0;
+      const bool ok = r < lt;
+      const long long t = row0 + t0 + (ok ? r : 0);
+      const float2 st = ok ? p.saved_stats[t * tl.groups + slab * Gt + gi] : make_float2(0.f, 0.f);
+      float sx = 0.f, sdb = 0.f, sds = 0.f;
+      if (ok) {
+        const Packed<T, VEC> px = *reinterpret_cast<const Packed<T, VEC>*>(xs + r * Dc + c);
+        const Packed<T, VEC> pg = *reinterpret_cast<const Packed<T, VEC>*>(gs + r * Dc + c);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          const float xv = to_float(px.v[j]), g = to_float(pg.v[j]) * sc[j];
+          sx += xv;
+          sdb += g;
+          sds += g * (xv - st.x);
+        }
+      }
+      sx = pair_sum(sx, wm.group_lanes);
+      sdb = pair_sum(sdb, wm.group_lanes);
+      sds = pair_sum(sds, wm.group_lanes);
+      if (ok && (wm.word & (wm.group_lanes - 1)) == 0) {
+        const float2 corr = p.saved_corr[t];
+        const bool padded = mask_at(p.pad, t);
+        const int pair = r * Gt + gi;
+        s_mu[pair] = sx / K;
+        s_gm[pair] = padded ? 0.f : -st.y * sdb * corr.x;
+        s_gv[pair] = padded ? 0.f : -0.5f * st.y * st.y * st.y * sds * corr.y;
+      }
+    }
+  } else {
     const int lanes = tl.lanes_per_pair, per_warp = 32 / lanes, lane = threadIdx.x & 31;
     const int sub = lane & (lanes - 1);
     const int pairs = lt * Gt;
@@ -391,33 +627,46 @@ __global__ void __launch_bounds__(256) backward_kernel(BackwardParams p, const T
   }
   __syncthreads();
 
-  // Local reverse scan from a zero adjoint at the tile's end. As in the forward, beta * g is
-  // written g - (1 - beta) g with the exact (1 - beta), and decays over n steps are beta^n.
+  // Local reverse scan from a zero adjoint at the tile's end: one warp per group, a parallel
+  // suffix scan (lane l owns tokens [l * per, (l + 1) * per)). Token t maps the adjoint arriving
+  // from t + 1 to the one it passes to t - 1: u' = beta1 (u + lm_t) on a valid step, 0 at a
+  // document start, unchanged on a padded step (w likewise with beta2 and lv_t). A composition
+  // is u -> reset ? c : beta^n u + c. Each token stores the map of the adjoint arriving at it
+  // (n, or -1 after a reset, in s_e1) and gm = c + lm_t, gv = c + lv_t.
   AdjointAggregate own{};
-  if (threadIdx.x < Gt) {
-    const int gi = threadIdx.x;
-    float u = 0.f, w = 0.f;
-    int n = 0;  // valid steps after this one in the tile; -1 once a document start was passed
-    for (int r = lt - 1; r >= 0; --r) {
-      const long long t = row0 + t0 + r;
-      const int i = r * Gt + gi;
-      const float gm = u + s_gm[i], gv = w + s_gv[i];
-      s_gm[i] = gm;
-      s_gv[i] = gv;
-      s_e1[i] = n < 0 ? 0.f : expf(n * p.d1.log_beta);
-      s_e2[i] = n < 0 ? 0.f : expf(n * p.d2.log_beta);
-      if (mask_at(p.pad, t)) continue;  // the adjoint passes a padded step unchanged
-      if (mask_at(p.bos, t)) {          // nothing before a document start sees what follows
-        u = w = 0.f;
-        n = -1;
-      } else {
-        u = fmaf(-p.d1.one_minus, gm, gm);
-        w = fmaf(-p.d2.one_minus, gv, gv);
-        if (n >= 0) ++n;
+  {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+    const int per = (lt + 31) / 32;
+    const int lo = lane * per, hi = min(lt, (lane + 1) * per);
+    for (int gi = warp; gi < Gt; gi += nwarps) {
+      AdjEl agg = AdjEl::identity();  // this lane's tokens, last to first
+      for (int r = hi - 1; r >= lo; --r) {
+        const int i = r * Gt + gi;
+        agg = then(agg, adj_el(p, row0 + t0 + r, s_gm[i], s_gv[i]), p.d1, p.d2);
       }
+      AdjEl inc = agg;  // inclusive suffix: lanes l .. 31
+      for (int d = 1; d < 32; d <<= 1) {
+        const AdjEl down = shfl_down(inc, d);
+        if (lane + d < 32) inc = then(down, inc, p.d1, p.d2);
+      }
+      AdjEl run = shfl_down(inc, 1);
+      if (lane == 31) run = AdjEl::identity();
+      for (int r = hi - 1; r >= lo; --r) {
+        const int i = r * Gt + gi;
+        const float lm = s_gm[i], lv = s_gv[i];
+        s_e1[i] = run.reset ? -1.f : static_cast<float>(run.n);
+        s_gm[i] = run.cu + lm;
+        s_gv[i] = run.cw + lv;
+        run = then(run, adj_el(p, row0 + t0 + r, lm, lv), p.d1, p.d2);
+      }
+      const AdjEl first = shfl_idx(inc, 0);
+      if (lane == 0)
+        s_own[gi] = first.reset ? AdjointAggregate{0.f, first.cu, 0.f, first.cw}
+                                : AdjointAggregate{expf(first.n * p.d1.log_beta), first.cu,
+                                                   expf(first.n * p.d2.log_beta), first.cw};
     }
-    own = n < 0 ? AdjointAggregate{0.f, u, 0.f, w}
-                : AdjointAggregate{expf(n * p.d1.log_beta), u, expf(n * p.d2.log_beta), w};
+    __syncthreads();
+    if (threadIdx.x < Gt) own = s_own[threadIdx.x];
   }
 
   const int flag_index = step * chains + chain;
@@ -458,13 +707,69 @@ __global__ void __launch_bounds__(256) backward_kernel(BackwardParams p, const T
     const long long t = row0 + t0 + r;
     const AdjointState in = s_prefix[gi];
     const bool padded = mask_at(p.pad, t);
-    s_gm[i] = padded ? 0.f : p.d1.one_minus * fmaf(s_e1[i], in.u, s_gm[i]);
-    s_gv[i] = padded ? 0.f : p.d2.one_minus * fmaf(s_e2[i], in.w, s_gv[i]);
+    const float n = s_e1[i];
+    const float e1 = n < 0.f ? 0.f : expf(n * p.d1.log_beta), e2 = n < 0.f ? 0.f : expf(n * p.d2.log_beta);
+    s_gm[i] = padded ? 0.f : p.d1.one_minus * fmaf(e1, in.u, s_gm[i]);
+    s_gv[i] = padded ? 0.f : p.d2.one_minus * fmaf(e2, in.w, s_gv[i]);
   }
   __syncthreads();
 
   // dx, and this tile's share of dweight / dbias (one column per thread, summed over the tokens).
   const float inv_k = 1.f / K;
+  if (tl.word_mapped) {
+    const WordMap wm(tl, VEC);
+    const int c = wm.word * VEC, gi = c / K;
+    float sc[VEC], acc_w[VEC], acc_b[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) sc[j] = 1.f, acc_w[j] = 0.f, acc_b[j] = 0.f;
+    if (weight) {
+      load_as_float<T, VEC>(weight + c0 + c, sc);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) sc[j] += 1.f;
+    }
+    for (int r = wm.row0; r < lt; r += wm.row_step) {
+      const long long t = row0 + t0 + r;
+      const int pi = r * Gt + gi;
+      const float2 st = p.saved_stats[t * tl.groups + slab * Gt + gi];
+      const bool padded = mask_at(p.pad, t);
+      const Packed<T, VEC> px = *reinterpret_cast<const Packed<T, VEC>*>(xs + r * Dc + c);
+      const Packed<T, VEC> pg = *reinterpret_cast<const Packed<T, VEC>*>(gs + r * Dc + c);
+      const float du = s_gm[pi], dv = s_gv[pi], mu = s_mu[pi];
+      float out[VEC];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const float xv = to_float(px.v[j]), g = to_float(pg.v[j]);
+        out[j] = padded ? 0.f : g * sc[j] * st.y + (du + 2.f * dv * (xv - mu)) * inv_k;
+        if (!padded) {
+          acc_w[j] += g * (xv - st.x) * st.y;
+          acc_b[j] += g;
+        }
+      }
+      store_from_float<T, VEC>(dx + b * p.dx_sb + (t0 + r) * p.dx_sl + c0 + c, out);
+    }
+    if (!p.partial) return;
+    // Threads sharing a word (one per row of a pass) add their sums in a fixed order.
+    __syncthreads();  // the tiles are no longer read: reuse them as scratch
+    float* red = reinterpret_cast<float*>(xs);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      red[(wm.row0 * 2) * Dc + c + j] = acc_w[j];
+      red[(wm.row0 * 2 + 1) * Dc + c + j] = acc_b[j];
+    }
+    __syncthreads();
+    const long long part = static_cast<long long>(tt) * tl.batch + b;
+    const long long parts = static_cast<long long>(tl.time_tiles) * tl.batch;
+    for (int col = threadIdx.x; col < Dc; col += blockDim.x) {
+      float sw = 0.f, sb = 0.f;
+      for (int k = 0; k < wm.row_step; ++k) {
+        sw += red[(2 * k) * Dc + col];
+        sb += red[(2 * k + 1) * Dc + col];
+      }
+      p.partial[part * tl.channels + c0 + col] = sw;
+      p.partial[(parts + part) * tl.channels + c0 + col] = sb;
+    }
+    return;
+  }
   const int words = Dc / VEC;
   for (int i = threadIdx.x; i < lt * words; i += blockDim.x) {
     const int r = i / words, w = i - r * words;
@@ -513,6 +818,35 @@ __global__ void __launch_bounds__(256) backward_kernel(BackwardParams p, const T
       p.partial[(parts + part) * tl.channels + c0 + c] = sb;
     }
   }
+}
+
+template <class T, int VEC>
+__global__ void __launch_bounds__(256) backward_kernel(BackwardParams p, const T* __restrict__ x,
+                                                       const T* __restrict__ weight, const T* __restrict__ dy,
+                                                       T* __restrict__ dx) {
+  const Tiling& tl = p.tl;
+  const int Lt = tl.tile_tokens, Dc = tl.slab_channels, Gt = tl.slab_groups;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* xs = reinterpret_cast<T*>(smem);  // x then dy
+  BackwardTileSmem sm;
+  sm.mu = reinterpret_cast<float*>(xs + 2 * Lt * Dc);
+  sm.gm = sm.mu + Lt * Gt;
+  sm.gv = sm.gm + Lt * Gt;
+  sm.e1 = sm.gv + Lt * Gt;
+  sm.prefix = reinterpret_cast<AdjointState*>(sm.e1 + Lt * Gt);
+  sm.window = reinterpret_cast<AdjointAggregate*>(sm.prefix + Gt);
+  sm.own = sm.window + kWindow * Gt;
+  __shared__ int s_found;
+  __shared__ unsigned s_ticket;
+  sm.found = &s_found;
+  if (threadIdx.x == 0) s_ticket = lookback::take_ticket(p.ticket);
+  __syncthreads();
+  const unsigned ticket = s_ticket;
+  start_backward_tile<T, VEC>(p, x, dy, ticket, xs);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  backward_tile<T, VEC>(p, weight, dx, ticket, xs, sm);
 }
 
 // out[c] = sum over parts of partial[part * channels + c], in part order (deterministic).
