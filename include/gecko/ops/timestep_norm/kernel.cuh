@@ -510,6 +510,8 @@ __device__ __forceinline__ AdjEl adj_el(const BackwardParams& p, long long t, fl
 
 struct BackwardTileSmem {
   float *mu, *gm, *gv, *e1;
+  float2* stats;  // [Lt][Gt] the forward's (mhat, rstd) of this tile
+  float2* corr;   // [Lt] the forward's bias corrections
   AdjointState* prefix;
   AdjointAggregate* window;
   AdjointAggregate* own;
@@ -567,7 +569,7 @@ __device__ void backward_tile(const BackwardParams& p, const T* __restrict__ wei
       const int r = r0 + wm.row0;
       const bool ok = r < lt;
       const long long t = row0 + t0 + (ok ? r : 0);
-      const float2 st = ok ? p.saved_stats[t * tl.groups + slab * Gt + gi] : make_float2(0.f, 0.f);
+      const float2 st = ok ? sm.stats[(ok ? r : 0) * Gt + gi] : make_float2(0.f, 0.f);
       float sx = 0.f, sdb = 0.f, sds = 0.f;
       if (ok) {
         const Packed<T, VEC> px = *reinterpret_cast<const Packed<T, VEC>*>(xs + r * Dc + c);
@@ -584,7 +586,7 @@ __device__ void backward_tile(const BackwardParams& p, const T* __restrict__ wei
       sdb = pair_sum(sdb, wm.group_lanes);
       sds = pair_sum(sds, wm.group_lanes);
       if (ok && (wm.word & (wm.group_lanes - 1)) == 0) {
-        const float2 corr = p.saved_corr[t];
+        const float2 corr = sm.corr[r];
         const bool padded = mask_at(p.pad, t);
         const int pair = r * Gt + gi;
         s_mu[pair] = sx / K;
@@ -601,7 +603,7 @@ __device__ void backward_tile(const BackwardParams& p, const T* __restrict__ wei
       const bool ok = pair < pairs;
       const int r = ok ? pair / Gt : 0, gi = ok ? pair - r * Gt : 0;
       const long long t = row0 + t0 + r;
-      const float2 st = ok ? p.saved_stats[t * tl.groups + slab * Gt + gi] : make_float2(0.f, 0.f);
+      const float2 st = ok ? sm.stats[(ok ? r : 0) * Gt + gi] : make_float2(0.f, 0.f);
       const T* xr = xs + r * Dc + gi * K;
       const T* gr = gs + r * Dc + gi * K;
       float sx = 0.f, sdb = 0.f, sds = 0.f;
@@ -617,7 +619,7 @@ __device__ void backward_tile(const BackwardParams& p, const T* __restrict__ wei
       sdb = pair_sum(sdb, lanes);
       sds = pair_sum(sds, lanes);
       if (ok && sub == 0) {
-        const float2 corr = p.saved_corr[t];
+        const float2 corr = sm.corr[r];
         const bool padded = mask_at(p.pad, t);
         s_mu[pair] = sx / K;
         s_gm[pair] = padded ? 0.f : -st.y * sdb * corr.x;
@@ -730,7 +732,7 @@ __device__ void backward_tile(const BackwardParams& p, const T* __restrict__ wei
     for (int r = wm.row0; r < lt; r += wm.row_step) {
       const long long t = row0 + t0 + r;
       const int pi = r * Gt + gi;
-      const float2 st = p.saved_stats[t * tl.groups + slab * Gt + gi];
+      const float2 st = sm.stats[r * Gt + gi];
       const bool padded = mask_at(p.pad, t);
       const Packed<T, VEC> px = *reinterpret_cast<const Packed<T, VEC>*>(xs + r * Dc + c);
       const Packed<T, VEC> pg = *reinterpret_cast<const Packed<T, VEC>*>(gs + r * Dc + c);
@@ -776,7 +778,7 @@ __device__ void backward_tile(const BackwardParams& p, const T* __restrict__ wei
     const int c = w * VEC, gi = c / K;
     const long long t = row0 + t0 + r;
     const int pi = r * Gt + gi;
-    const float2 st = p.saved_stats[t * tl.groups + slab * Gt + gi];
+    const float2 st = sm.stats[r * Gt + gi];
     const bool padded = mask_at(p.pad, t);
     float xv[VEC], gv[VEC], sc[VEC], out[VEC];
     {
@@ -809,7 +811,7 @@ __device__ void backward_tile(const BackwardParams& p, const T* __restrict__ wei
       for (int r = 0; r < lt; ++r) {
         const long long t = row0 + t0 + r;
         if (mask_at(p.pad, t)) continue;
-        const float2 st = p.saved_stats[t * tl.groups + slab * Gt + gi];
+        const float2 st = sm.stats[r * Gt + gi];
         const float g = to_float(gs[r * Dc + c]);
         sw += g * (to_float(xs[r * Dc + c]) - st.x) * st.y;
         sb += g;
@@ -833,7 +835,9 @@ __global__ void __launch_bounds__(256) backward_kernel(BackwardParams p, const T
   sm.gm = sm.mu + Lt * Gt;
   sm.gv = sm.gm + Lt * Gt;
   sm.e1 = sm.gv + Lt * Gt;
-  sm.prefix = reinterpret_cast<AdjointState*>(sm.e1 + Lt * Gt);
+  sm.stats = reinterpret_cast<float2*>((reinterpret_cast<std::uintptr_t>(sm.e1 + 2 * Lt * Gt) + 15) & ~std::uintptr_t{15});
+  sm.corr = sm.stats + Lt * Gt;
+  sm.prefix = reinterpret_cast<AdjointState*>(sm.corr + Lt);
   sm.window = reinterpret_cast<AdjointAggregate*>(sm.prefix + Gt);
   sm.own = sm.window + kWindow * Gt;
   __shared__ int s_found;
@@ -844,6 +848,21 @@ __global__ void __launch_bounds__(256) backward_kernel(BackwardParams p, const T
   const unsigned ticket = s_ticket;
   start_backward_tile<T, VEC>(p, x, dy, ticket, xs);
   cp_async_commit();
+  {
+    // The forward's per-step statistics of this tile, staged in shared memory while the tile
+    // loads: read inside the token loops straight from global memory they cost one L2 round
+    // trip per token (measured: most of the backward's time).
+    const int chains = tl.batch * tl.slabs;
+    const int step = static_cast<int>(ticket) / chains, chain = static_cast<int>(ticket) % chains;
+    const int tt = tl.time_tiles - 1 - step, b = chain / tl.slabs, slab = chain % tl.slabs;
+    const int t0 = tt * Lt, lt = min(Lt, tl.length - t0);
+    const long long row = static_cast<long long>(b) * tl.length + t0;
+    for (int i = threadIdx.x; i < lt * Gt; i += blockDim.x) {
+      const int r = i / Gt, gi = i - r * Gt;
+      sm.stats[i] = p.saved_stats[(row + r) * tl.groups + slab * Gt + gi];
+    }
+    for (int r = threadIdx.x; r < lt; r += blockDim.x) sm.corr[r] = p.saved_corr[row + r];
+  }
   cp_async_wait<0>();
   __syncthreads();
   backward_tile<T, VEC>(p, weight, dx, ticket, xs, sm);
