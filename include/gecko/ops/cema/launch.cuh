@@ -1,0 +1,349 @@
+// Host launchers for the complex EMA CUDA kernels: validation, tiling, workspace.
+// Stream-ordered; never synchronizes or allocates.
+//
+//   cuda::forward(args, saved, workspace, bytes, stream)   saved optional (empty = not kept)
+//   cuda::backward(args, saved, workspace, bytes, stream)  saved required (from the forward)
+//   cuda::forward_workspace_size(args, [saved,] bytes), cuda::backward_workspace_size(args, bytes)
+//
+// The forward can keep the state after every tile of kTileTokens tokens (Saved::states, fp32,
+// 8 * N bytes per kTileTokens tokens and channel: 1/2 of a bf16 activation at N = 16). The backward
+// reads it for the terms of dq and dg that involve the state entering each tile, so that it can
+// run entirely in reverse time without recomputing any state. See kernel.cuh for the algorithm.
+#pragma once
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <cuda_runtime.h>
+#include <string>
+#include <type_traits>
+
+#include "gecko/core/cuda_check.hpp"
+#include "gecko/ops/cema/args.hpp"
+#include "gecko/ops/cema/kernel.cuh"
+
+namespace gecko::cema::cuda {
+
+inline constexpr int kTileTokens = kernels::kTileTokens;
+inline constexpr std::int64_t kMaxStates = 64;
+
+// What the CUDA forward saves for the CUDA backward.
+struct Saved {
+  TensorView<float> states;  // [time_tiles(L), B, D, N, 2]: the state h after each tile of kTileTokens tokens
+};
+
+inline std::int64_t time_tiles(std::int64_t length) { return (length + kTileTokens - 1) / kTileTokens; }
+
+namespace detail {
+
+inline std::size_t align_up(std::size_t v, std::size_t a) { return (v + a - 1) / a * a; }
+
+struct Plan {
+  kernels::Tiling tl{};
+  int ns = 0;             // states per thread (template parameter of the kernel)
+  std::size_t smem = 0;   // dynamic shared memory per CTA
+  std::size_t zero_bytes = 0;  // ticket, flags, turn: zeroed before every launch
+  std::size_t resets = 0, qg = 0, gp = 0, pw = 0, agg = 0, states = 0, slot = 0, total = 0;
+};
+
+inline int pow2_at_least(std::int64_t v) {
+  int r = 1;
+  while (r < v) r <<= 1;
+  return r;
+}
+
+// Tiling. A thread owns NS states of a channel (NS = 16 in the forward: 3 x 16 fp32 registers of
+// state and coefficients, one thread per channel at N = 16; NS = 8 in the backward, which keeps
+// 6 complex values per state). CTAs have 128 threads (4 warps) so that 4 of them fit an SM with
+// their tiles; a CTA takes dc = 128 / tpc channels (fewer when D is small) and kTileTokens tokens.
+template <class T>
+Plan make_plan(const Problem& p, bool backward, bool states_in_workspace, bool slot,
+               std::initializer_list<const void*> ptrs, std::initializer_list<std::int64_t> strides) {
+  Plan pl;
+  kernels::Tiling& tl = pl.tl;
+  tl.batch = static_cast<int>(p.batch);
+  tl.length = static_cast<int>(p.length);
+  tl.channels = static_cast<int>(p.channels);
+  tl.states = static_cast<int>(p.states);
+  const std::int64_t N = p.states;
+  pl.ns = backward ? 8 : (N <= 4 ? 4 : N <= 8 ? 8 : 16);
+  tl.tpc = pow2_at_least((N + pl.ns - 1) / pl.ns);
+  int dc = kernels::kMaxThreads / tl.tpc;
+  while (dc > 1 && dc / 2 >= p.channels && (dc / 2) * tl.tpc >= 32) dc /= 2;
+  tl.dc = dc;
+  tl.slabs = static_cast<int>((p.channels + dc - 1) / dc);
+  tl.chains = tl.batch * tl.slabs;
+  tl.time_tiles = static_cast<int>(time_tiles(p.length));
+
+  constexpr int V = kVec16<T>;
+  bool vec_ok = p.channels % V == 0 && dc % V == 0;
+  for (const void* q : ptrs) vec_ok = vec_ok && (!q || reinterpret_cast<std::uintptr_t>(q) % 16 == 0);
+  for (std::int64_t s : strides) vec_ok = vec_ok && s % V == 0;
+  tl.vec = vec_ok ? V : 1;
+
+  pl.smem = (backward ? 2 : 1) * static_cast<std::size_t>(kTileTokens) * dc * sizeof(T) + kTileTokens;
+
+  const std::size_t tiles = static_cast<std::size_t>(tl.time_tiles) * tl.chains;
+  const std::size_t dn = static_cast<std::size_t>(p.channels * p.states);
+  const std::size_t state_bytes = static_cast<std::size_t>(tl.time_tiles) * p.batch * dn * 8;
+  pl.zero_bytes = align_up(4 * (1 + tiles + (backward ? tl.chains : 0)), 256);
+  pl.resets = pl.zero_bytes;
+  pl.qg = align_up(pl.resets + 4 * tiles, 256);
+  pl.gp = align_up(pl.qg + 16 * dn, 256);
+  pl.pw = align_up(pl.gp + 16 * dn, 256);
+  pl.agg = align_up(pl.pw + 8 * dn, 256);
+  pl.states = align_up(pl.agg + state_bytes, 256);
+  pl.slot = align_up(pl.states + (states_in_workspace ? state_bytes : 0), 256);
+  pl.total = pl.slot + (slot ? 4 * 5 * static_cast<std::size_t>(p.batch) * dn : 0);
+  return pl;
+}
+
+inline bool overlaps(const void* a, std::size_t an, const void* b, std::size_t bn) {
+  const auto x = reinterpret_cast<std::uintptr_t>(a), y = reinterpret_cast<std::uintptr_t>(b);
+  return a && b && x < y + bn && y < x + an;
+}
+
+template <class Args>
+Status check_cuda_problem(const Args& a, const Problem& p) {
+  if (p.states > kMaxStates)
+    return unsupported("cema: N = " + std::to_string(p.states) + " states per channel (alpha is " +
+                       a.alpha.shape_string() + "); the CUDA kernels support N <= " + std::to_string(kMaxStates));
+  // 32-bit tile indices; the grid (time tiles x batch x slabs of >= 4 channels) must fit too.
+  if (p.length > INT_MAX - kTileTokens || p.channels * p.states > INT_MAX ||
+      time_tiles(p.length) * p.batch * ((p.channels + 3) / 4) > INT_MAX)
+    return unsupported("cema: tensor too large for the CUDA kernels' 32-bit tile indexing");
+  GECKO_RETURN_IF_ERROR(check_aligned(a.h0, "h0", 8));
+  return Status::success();
+}
+
+inline Status check_saved(const Saved& s, const Problem& p, bool required) {
+  if (s.states.empty()) {
+    if (required) return invalid_argument("saved.states (from the CUDA forward) is required by the CUDA backward");
+    return Status::success();
+  }
+  GECKO_RETURN_IF_ERROR(check_shape(s.states, "saved.states", {time_tiles(p.length), p.batch, p.channels, p.states, 2}));
+  GECKO_RETURN_IF_ERROR(check_memory(s.states, "saved.states", Memory::kDevice));
+  GECKO_RETURN_IF_ERROR(check_contiguous(s.states, "saved.states"));
+  return check_aligned(s.states, "saved.states", 8);
+}
+
+template <class T>
+Plan forward_plan(const ForwardArgs<T>& a, const Problem& p, bool states_in_workspace) {
+  return make_plan<T>(p, false, states_in_workspace, false, {a.x.data, a.y.data},
+                      {a.x.stride(0), a.x.stride(1), a.y.stride(0), a.y.stride(1)});
+}
+
+template <class T>
+bool wants_parameter_gradients(const BackwardArgs<T>& a) {
+  return !a.dalpha.empty() || !a.ddelta.empty() || !a.dtheta.empty() || !a.dgamma.empty();
+}
+
+template <class T>
+Plan backward_plan(const BackwardArgs<T>& a, const Problem& p) {
+  return make_plan<T>(p, true, true, wants_parameter_gradients(a), {a.x.data, a.dy.data, a.dx.data},
+                      {a.x.stride(0), a.x.stride(1), a.dy.stride(0), a.dy.stride(1), a.dx.stride(0), a.dx.stride(1)});
+}
+
+template <class K>
+Status allow_smem(K kernel, std::size_t bytes) {
+  if (bytes > 48 * 1024)
+    GECKO_CUDA_RETURN(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  return Status::success();
+}
+
+template <class Args>
+kernels::Coefficients launch_coefficients(const Args& a, const Problem& p, char* ws, const Plan& pl,
+                                          cudaStream_t stream) {
+  auto* qg = reinterpret_cast<float4*>(ws + pl.qg);
+  auto* gp = reinterpret_cast<float4*>(ws + pl.gp);
+  auto* pw = reinterpret_cast<float2*>(ws + pl.pw);
+  const long long dn = p.channels * p.states;
+  kernels::coefficient_kernel<<<static_cast<unsigned>((dn + 255) / 256), 256, 0, stream>>>(
+      a.alpha.data, a.delta.data, a.theta.data, a.gamma.data, static_cast<int>(p.channels), static_cast<int>(p.states),
+      qg, gp, pw);
+  return kernels::Coefficients{qg, gp, pw};
+}
+
+template <class T, int NS>
+Status launch_forward(const kernels::ForwardParams& kp, const Plan& pl, const T* x, T* y, cudaStream_t stream) {
+  const auto kernel = kernels::forward_kernel<T, NS>;
+  GECKO_RETURN_IF_ERROR(allow_smem(kernel, pl.smem));
+  const unsigned grid = static_cast<unsigned>(static_cast<long long>(pl.tl.time_tiles) * pl.tl.chains);
+  kernel<<<grid, pl.tl.dc * pl.tl.tpc, pl.smem, stream>>>(kp, x, y);
+  return last_launch_status("cema forward");
+}
+
+template <class T, bool kGeneral>
+Status launch_backward(const kernels::BackwardParams& kp, const Plan& pl, const T* x, const T* dy, T* dx,
+                       cudaStream_t stream) {
+  const auto kernel = kernels::backward_kernel<T, 8, kGeneral>;
+  GECKO_RETURN_IF_ERROR(allow_smem(kernel, pl.smem));
+  const unsigned grid = static_cast<unsigned>(static_cast<long long>(pl.tl.time_tiles) * pl.tl.chains);
+  kernel<<<grid, pl.tl.dc * pl.tl.tpc, pl.smem, stream>>>(kp, x, dy, dx);
+  return last_launch_status("cema backward");
+}
+
+}  // namespace detail
+
+// Workspace for a forward that keeps its per-tile states in the workspace (no Saved given).
+template <class T>
+Status forward_workspace_size(const ForwardArgs<T>& a, std::size_t& bytes) {
+  Problem p;
+  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  bytes = detail::forward_plan(a, p, true).total;
+  return Status::success();
+}
+
+// Workspace for a forward that writes its per-tile states to `saved` (when given).
+template <class T>
+Status forward_workspace_size(const ForwardArgs<T>& a, const Saved& saved, std::size_t& bytes) {
+  Problem p;
+  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  bytes = detail::forward_plan(a, p, saved.states.empty()).total;
+  return Status::success();
+}
+
+template <class T>
+Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std::size_t workspace_bytes,
+               cudaStream_t stream) {
+  static_assert(!std::is_same_v<T, double>, "the CUDA complex EMA takes float, half or bfloat16");
+  Problem p;
+  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  GECKO_RETURN_IF_ERROR(detail::check_cuda_problem(a, p));
+  GECKO_RETURN_IF_ERROR(check_aligned(a.h_out, "h_out", 8));
+  GECKO_RETURN_IF_ERROR(detail::check_saved(saved, p, false));
+  const std::size_t sb = static_cast<std::size_t>(p.batch * p.channels * p.states) * 8;
+  if (!a.h0.empty() && !a.h_out.empty() && a.h0.data != a.h_out.data && detail::overlaps(a.h0.data, sb, a.h_out.data, sb))
+    return invalid_argument("h_out partially overlaps h0: pass the same buffer or disjoint ones");
+  const bool in_ws = saved.states.empty();
+  const auto pl = detail::forward_plan(a, p, in_ws);
+  if (workspace_bytes < pl.total || !workspace)
+    return invalid_argument("cema forward needs " + std::to_string(pl.total) + " bytes of workspace, got " +
+                            std::to_string(workspace_bytes));
+  if (p.batch == 0 || p.length == 0) {
+    // Nothing to process: the state passes through unchanged.
+    if (!a.h_out.empty() && sb > 0) {
+      if (a.h0.empty()) {
+        GECKO_CUDA_RETURN(cudaMemsetAsync(a.h_out.data, 0, sb, stream));
+      } else if (a.h0.data != a.h_out.data) {
+        GECKO_CUDA_RETURN(cudaMemcpyAsync(a.h_out.data, a.h0.data, sb, cudaMemcpyDeviceToDevice, stream));
+      }
+    }
+    return Status::success();
+  }
+  char* ws = static_cast<char*>(workspace);
+  GECKO_CUDA_RETURN(cudaMemsetAsync(ws, 0, pl.zero_bytes, stream));
+  kernels::ForwardParams kp{};
+  kp.tl = pl.tl;
+  kp.x_sb = a.x.stride(0);
+  kp.x_sl = a.x.stride(1);
+  kp.y_sb = a.y.stride(0);
+  kp.y_sl = a.y.stride(1);
+  kp.add_residual = a.add_residual;
+  kp.bos = a.bos_mask.data;
+  kp.h0 = reinterpret_cast<const float2*>(a.h0.data);
+  kp.h_out = reinterpret_cast<float2*>(a.h_out.data);
+  kp.states = in_ws ? reinterpret_cast<float2*>(ws + pl.states) : reinterpret_cast<float2*>(saved.states.data);
+  kp.agg = reinterpret_cast<float2*>(ws + pl.agg);
+  kp.ticket = reinterpret_cast<unsigned*>(ws);
+  kp.flags = kp.ticket + 1;
+  kp.resets = reinterpret_cast<unsigned*>(ws + pl.resets);
+  kp.cf = detail::launch_coefficients(a, p, ws, pl, stream);
+  GECKO_RETURN_IF_ERROR(last_launch_status("cema coefficients"));
+  switch (pl.ns) {
+    case 4: return detail::launch_forward<T, 4>(kp, pl, a.x.data, a.y.data, stream);
+    case 8: return detail::launch_forward<T, 8>(kp, pl, a.x.data, a.y.data, stream);
+    default: return detail::launch_forward<T, 16>(kp, pl, a.x.data, a.y.data, stream);
+  }
+}
+
+template <class T>
+Status forward(const ForwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, cudaStream_t stream) {
+  return forward(a, Saved{}, workspace, workspace_bytes, stream);
+}
+
+template <class T>
+Status backward_workspace_size(const BackwardArgs<T>& a, std::size_t& bytes) {
+  Problem p;
+  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  bytes = detail::backward_plan(a, p).total;
+  return Status::success();
+}
+
+// dh_out empty selects the fast path (G = conj(g) R); given, the general one (about 1.4x the
+// arithmetic of pass 2). dh0 may alias dh_out.
+template <class T>
+Status backward(const BackwardArgs<T>& a, const Saved& saved, void* workspace, std::size_t workspace_bytes,
+                cudaStream_t stream) {
+  static_assert(!std::is_same_v<T, double>, "the CUDA complex EMA takes float, half or bfloat16");
+  Problem p;
+  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  GECKO_RETURN_IF_ERROR(detail::check_cuda_problem(a, p));
+  GECKO_RETURN_IF_ERROR(check_aligned(a.dh_out, "dh_out", 8));
+  GECKO_RETURN_IF_ERROR(check_aligned(a.dh0, "dh0", 8));
+  GECKO_RETURN_IF_ERROR(detail::check_saved(saved, p, p.batch > 0 && p.length > 0));
+  const std::size_t sb = static_cast<std::size_t>(p.batch * p.channels * p.states) * 8;
+  if (!a.dh_out.empty() && !a.dh0.empty() && a.dh_out.data != a.dh0.data &&
+      detail::overlaps(a.dh_out.data, sb, a.dh0.data, sb))
+    return invalid_argument("dh0 partially overlaps dh_out: pass the same buffer or disjoint ones");
+  const auto pl = detail::backward_plan(a, p);
+  if (workspace_bytes < pl.total || !workspace)
+    return invalid_argument("cema backward needs " + std::to_string(pl.total) + " bytes of workspace, got " +
+                            std::to_string(workspace_bytes));
+  const bool grads = detail::wants_parameter_gradients(a);
+  if (p.batch == 0 || p.length == 0) {
+    // h_out = h0: dh0 = dh_out, and no parameter sees a step.
+    if (!a.dh0.empty() && sb > 0) {
+      if (a.dh_out.empty()) {
+        GECKO_CUDA_RETURN(cudaMemsetAsync(a.dh0.data, 0, sb, stream));
+      } else if (a.dh0.data != a.dh_out.data) {
+        GECKO_CUDA_RETURN(cudaMemcpyAsync(a.dh0.data, a.dh_out.data, sb, cudaMemcpyDeviceToDevice, stream));
+      }
+    }
+    const std::size_t dn = static_cast<std::size_t>(p.channels * p.states) * 4;
+    if (!a.dalpha.empty()) GECKO_CUDA_RETURN(cudaMemsetAsync(a.dalpha.data, 0, dn, stream));
+    if (!a.ddelta.empty()) GECKO_CUDA_RETURN(cudaMemsetAsync(a.ddelta.data, 0, dn, stream));
+    if (!a.dtheta.empty()) GECKO_CUDA_RETURN(cudaMemsetAsync(a.dtheta.data, 0, p.channels * 4, stream));
+    if (!a.dgamma.empty()) GECKO_CUDA_RETURN(cudaMemsetAsync(a.dgamma.data, 0, 2 * dn, stream));
+    return Status::success();
+  }
+  char* ws = static_cast<char*>(workspace);
+  GECKO_CUDA_RETURN(cudaMemsetAsync(ws, 0, pl.zero_bytes, stream));
+  kernels::BackwardParams kp{};
+  kp.tl = pl.tl;
+  kp.x_sb = a.x.stride(0);
+  kp.x_sl = a.x.stride(1);
+  kp.dy_sb = a.dy.stride(0);
+  kp.dy_sl = a.dy.stride(1);
+  kp.dx_sb = a.dx.stride(0);
+  kp.dx_sl = a.dx.stride(1);
+  kp.add_residual = a.add_residual;
+  kp.bos = a.bos_mask.data;
+  kp.h0 = reinterpret_cast<const float2*>(a.h0.data);
+  kp.dh_out = reinterpret_cast<const float2*>(a.dh_out.data);
+  kp.states = reinterpret_cast<const float2*>(saved.states.data);
+  kp.dh0 = reinterpret_cast<float2*>(a.dh0.data);
+  kp.agg = reinterpret_cast<float2*>(ws + pl.agg);
+  kp.incl = reinterpret_cast<float2*>(ws + pl.states);
+  kp.slot = grads ? reinterpret_cast<float*>(ws + pl.slot) : nullptr;
+  kp.ticket = reinterpret_cast<unsigned*>(ws);
+  kp.flags = kp.ticket + 1;
+  kp.turn = kp.flags + static_cast<std::size_t>(pl.tl.time_tiles) * pl.tl.chains;
+  kp.resets = reinterpret_cast<unsigned*>(ws + pl.resets);
+  kp.cf = detail::launch_coefficients(a, p, ws, pl, stream);
+  GECKO_RETURN_IF_ERROR(last_launch_status("cema coefficients"));
+  if (a.dh_out.empty()) {
+    GECKO_RETURN_IF_ERROR((detail::launch_backward<T, false>(kp, pl, a.x.data, a.dy.data, a.dx.data, stream)));
+  } else {
+    GECKO_RETURN_IF_ERROR((detail::launch_backward<T, true>(kp, pl, a.x.data, a.dy.data, a.dx.data, stream)));
+  }
+  if (grads) {
+    kernels::parameter_gradient_kernel<<<static_cast<unsigned>((p.channels + 127) / 128), 128, 0, stream>>>(
+        kp.slot, static_cast<int>(p.batch), static_cast<int>(p.channels), static_cast<int>(p.states), a.alpha.data,
+        a.delta.data, a.theta.data, a.dalpha.data, a.ddelta.data, a.dtheta.data, a.dgamma.data);
+    GECKO_RETURN_IF_ERROR(last_launch_status("cema parameter gradients"));
+  }
+  return Status::success();
+}
+
+}  // namespace gecko::cema::cuda
