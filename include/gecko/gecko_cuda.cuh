@@ -2,4 +2,8 @@
 #pragma once
 
 #include "gecko/gecko.hpp"
+#include "gecko/ops/gated_combine/launch.cuh"
 #include "gecko/ops/group_norm/launch.cuh"
+#include "gecko/ops/linear/launch.cuh"
+#include "gecko/ops/qk_views/launch.cuh"
+#include "gecko/ops/swiglu/launch.cuh"

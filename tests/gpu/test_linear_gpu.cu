@@ -1,0 +1,338 @@
+// cuBLASLt Linear against the CPU reference: awkward shapes (odd M, small K, padded rows, a rank-3
+// input), every epilogue, pre kept or not, accumulate on/off, dpre in the workspace / given / in
+// place over dy, every dtype; determinism; the plan cache; bad arguments.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "gecko/core/buffer.hpp"
+#include "gecko/ops/linear/launch.cuh"
+#include "gecko/ops/linear/reference.hpp"
+#include "test_util.hpp"
+
+using namespace gecko;
+using linear::Epilogue;
+
+namespace {
+
+using I64 = std::int64_t;
+
+// One context for the whole test program (the only cuBLASLt handle it creates).
+linear::cuda::Context& context() {
+  // Never destroyed: the process exit releases the handle (no cuBLASLt call after CUDA's teardown).
+  static linear::cuda::Context* ctx = [] {
+    auto* c = new linear::cuda::Context();
+    throw_if_error(c->init());
+    return c;
+  }();
+  return *ctx;
+}
+
+struct Case {
+  I64 batch, length, K, N;
+  I64 x_pad, y_pad, w_pad;  // extra elements per row of x/dx, y/pre/dy/dpre and weight
+  I64 off = 0;              // elements every T tensor starts past its allocation (alignment)
+};
+
+// The rows x cols values of a padded buffer, densely.
+template <class V>
+std::vector<double> compact(const std::vector<V>& v, I64 rows, I64 cols, I64 ld, I64 off = 0) {
+  std::vector<double> out(rows * cols);
+  for (I64 r = 0; r < rows; ++r)
+    for (I64 c = 0; c < cols; ++c) out[r * cols + c] = to_double(v[off + r * ld + c]);
+  return out;
+}
+
+template <class V>
+TensorView<V> rows3(V* p, I64 b, I64 l, I64 cols, I64 ld, Memory where) {
+  return TensorView<V>::strided(p, {b, l, cols}, {l * ld, ld, 1}, where);
+}
+
+template <class V>
+TensorView<V> mat(V* p, I64 rows, I64 cols, I64 ld, Memory where) {
+  return TensorView<V>::strided(p, {rows, cols}, {ld, 1}, where);
+}
+
+template <class T>
+double param_tolerance(bool silu) {
+  if constexpr (std::is_same_v<T, float>) return 2e-5;
+  return silu ? test::output_tolerance<T>() : 1e-4;  // SiLU: dpre is rounded to T before the GEMMs
+}
+
+template <class T>
+void run_case(Epilogue ep, const Case& c, bool keep_pre, bool accumulate, int dpre_mode, std::uint64_t seed) {
+  auto& ctx = context();
+  const I64 B = c.batch, L = c.length, M = B * L, K = c.K, N = c.N;
+  const I64 ldx = K + c.x_pad, ldy = N + c.y_pad, ldw = K + c.w_pad, o = c.off;
+  const bool silu = linear::has_silu(ep), bias = linear::has_bias(ep);
+  keep_pre = keep_pre && silu;
+  CAPTURE(test::type_label<T>());
+  CAPTURE(linear::epilogue_name(ep));
+  CAPTURE(M);
+  CAPTURE(K);
+  CAPTURE(N);
+  CAPTURE(ldx);
+  CAPTURE(ldy);
+  CAPTURE(ldw);
+  CAPTURE(keep_pre);
+  CAPTURE(accumulate);
+  CAPTURE(dpre_mode);
+  CAPTURE(o);
+  const Memory H = Memory::kHost, D = Memory::kDevice;
+
+  auto x = test::random_vector<T>(o + M * ldx, seed, -1, 1);
+  auto w = test::random_vector<T>(o + N * ldw, seed + 1, -0.5, 0.5);
+  auto b = test::random_vector<T>(o + N, seed + 2, -1, 1);
+  auto dy = test::random_vector<T>(o + M * ldy, seed + 3, -1, 1);
+  auto pre = test::random_vector<T>(o + M * ldy, seed + 4, -4, 4);
+  auto dx0 = test::random_vector<T>(o + M * ldx, seed + 5, -1, 1);
+  auto dw0 = test::random_vector<float>(N * K, seed + 6, -1, 1);
+  auto db0 = test::random_vector<float>(N, seed + 7, -1, 1);
+
+  // ---- forward ----
+  auto xd = test::widen(x), wd = test::widen(w), bd = test::widen(b);
+  std::vector<double> y_ref(o + M * ldy, 0.0), pre_ref(o + M * ldy, 0.0);
+  linear::ForwardArgs<double> fr;
+  fr.epilogue = ep;
+  fr.x = rows3<const double>(xd.data() + o, B, L, K, ldx, H);
+  fr.weight = mat<const double>(wd.data() + o, N, K, ldw, H);
+  if (bias) fr.bias = TensorView<const double>::host(bd.data() + o, {N});
+  fr.y = rows3(y_ref.data() + o, B, L, N, ldy, H);
+  if (keep_pre) fr.pre = rows3(pre_ref.data() + o, B, L, N, ldy, H);
+  REQUIRE(linear::cpu::forward(fr).ok());
+
+  DeviceBuffer<T> x_d, w_d, b_d, y_d(o + M * ldy), pre_d(o + M * ldy);
+  x_d.upload(x);
+  w_d.upload(w);
+  b_d.upload(b);
+  y_d.zero();
+  pre_d.zero();
+  linear::ForwardArgs<T> f;
+  f.epilogue = ep;
+  f.x = rows3<const T>(x_d.data() + o, B, L, K, ldx, D);
+  f.weight = mat<const T>(w_d.data() + o, N, K, ldw, D);
+  if (bias) f.bias = TensorView<const T>::device(b_d.data() + o, {N});
+  f.y = rows3(y_d.data() + o, B, L, N, ldy, D);
+  if (keep_pre) f.pre = rows3(pre_d.data() + o, B, L, N, ldy, D);
+  std::size_t fws_bytes = 0;
+  REQUIRE(linear::cuda::forward_workspace_size(ctx, f, fws_bytes).ok());
+  DeviceBuffer<char> fws(fws_bytes);
+  const Status st = linear::cuda::forward(ctx, f, fws.data(), fws_bytes, nullptr);
+  REQUIRE_MESSAGE(st.ok(), st.to_string());
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  const double tol = test::output_tolerance<T>();
+  GECKO_CHECK_CLOSE(compact(y_d.download(), M, N, ldy, o), compact(y_ref, M, N, ldy, o), tol, "y");
+  if (keep_pre)
+    GECKO_CHECK_CLOSE(compact(pre_d.download(), M, N, ldy, o), compact(pre_ref, M, N, ldy, o), tol, "pre");
+
+  // ---- backward ----
+  auto dyd = test::widen(dy), pred = test::widen(pre), dxd = test::widen(dx0);
+  std::vector<double> dw_ref(dw0.begin(), dw0.end()), db_ref(db0.begin(), db0.end()), dpre_ref(o + M * ldy, 0.0);
+  if (!accumulate) {
+    std::fill(dxd.begin(), dxd.end(), 0.0);
+    std::fill(dw_ref.begin(), dw_ref.end(), 0.0);
+    std::fill(db_ref.begin(), db_ref.end(), 0.0);
+  }
+  linear::BackwardArgs<double> br;
+  br.epilogue = ep;
+  br.x = fr.x;
+  br.weight = fr.weight;
+  if (silu) br.pre = rows3<const double>(pred.data() + o, B, L, N, ldy, H);
+  br.dy = rows3<const double>(dyd.data() + o, B, L, N, ldy, H);
+  br.dx = rows3(dxd.data() + o, B, L, K, ldx, H);
+  br.accumulate_dx = accumulate;
+  br.dweight = host_view(dw_ref, {N, K});
+  if (bias) br.dbias = host_view(db_ref, {N});
+  br.accumulate_dparams = accumulate;
+  if (silu) br.dpre = rows3(dpre_ref.data() + o, B, L, N, ldy, H);
+  REQUIRE(linear::cpu::backward(br).ok());
+
+  DeviceBuffer<T> dy_d, pre_in_d, dx_d, dpre_d(o + M * ldy);
+  DeviceBuffer<float> dw_d, db_d;
+  dy_d.upload(dy);
+  pre_in_d.upload(pre);
+  dx_d.upload(dx0);
+  dw_d.upload(dw0);
+  db_d.upload(db0);
+  linear::BackwardArgs<T> g;
+  g.epilogue = ep;
+  g.x = f.x;
+  g.weight = f.weight;
+  if (silu) g.pre = rows3<const T>(pre_in_d.data() + o, B, L, N, ldy, D);
+  g.dy = rows3<const T>(dy_d.data() + o, B, L, N, ldy, D);
+  g.dx = rows3(dx_d.data() + o, B, L, K, ldx, D);
+  g.accumulate_dx = accumulate;
+  g.dweight = dw_d.view({N, K});
+  if (bias) g.dbias = db_d.view({N});
+  g.accumulate_dparams = accumulate;
+  if (silu && dpre_mode == 1) g.dpre = rows3(dpre_d.data() + o, B, L, N, ldy, D);
+  if (silu && dpre_mode == 2) g.dpre = rows3(dy_d.data() + o, B, L, N, ldy, D);  // in place over dy
+  std::size_t ws_bytes = 0;
+  REQUIRE(linear::cuda::backward_workspace_size(ctx, g, ws_bytes).ok());
+  DeviceBuffer<char> ws(ws_bytes);
+  const Status bst = linear::cuda::backward(ctx, g, ws.data(), ws_bytes, nullptr);
+  REQUIRE_MESSAGE(bst.ok(), bst.to_string());
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  const double ptol = param_tolerance<T>(silu);
+  GECKO_CHECK_CLOSE(compact(dx_d.download(), M, K, ldx, o), compact(dxd, M, K, ldx, o), tol, "dx");
+  GECKO_CHECK_CLOSE(dw_d.download(), dw_ref, ptol, "dweight");
+  if (bias) GECKO_CHECK_CLOSE(db_d.download(), db_ref, ptol, "dbias");
+  if (silu && dpre_mode == 1)
+    GECKO_CHECK_CLOSE(compact(dpre_d.download(), M, N, ldy, o), compact(dpre_ref, M, N, ldy, o), tol, "dpre");
+  if (silu && dpre_mode == 2)
+    GECKO_CHECK_CLOSE(compact(dy_d.download(), M, N, ldy, o), compact(dpre_ref, M, N, ldy, o), tol, "dpre (in place)");
+
+  // Determinism: the same call again gives bitwise identical results.
+  if (!accumulate && dpre_mode != 2) {
+    const auto dx1 = dx_d.download();
+    const auto dw1 = dw_d.download();
+    const auto db1 = db_d.download();
+    REQUIRE(linear::cuda::backward(ctx, g, ws.data(), ws_bytes, nullptr).ok());
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    const auto dx2 = dx_d.download();
+    CHECK(std::memcmp(dx1.data(), dx2.data(), dx1.size() * sizeof(T)) == 0);
+    CHECK(dw1 == dw_d.download());
+    CHECK(db1 == db_d.download());
+  }
+}
+
+template <class T>
+void run_all() {
+  const Case cases[] = {
+      {1, 37, 64, 96, 0, 0, 0},     // odd M
+      {3, 13, 7, 24, 0, 0, 0},      // small odd K, rank-3 input
+      {2, 50, 130, 33, 6, 3, 2},    // odd N, padded rows everywhere
+      {1, 1, 16, 8, 0, 0, 0},       // a single row
+      {1, 129, 256, 80, 8, 16, 0},  // M = 129, aligned padding
+      {1, 300, 96, 264, 0, 0, 0},   // several column-sum splits
+      {2, 19, 48, 40, 0, 0, 0, 1},  // every tensor one element off 16-byte alignment
+  };
+  const Epilogue eps[] = {Epilogue::kNone, Epilogue::kBias, Epilogue::kBiasSilu, Epilogue::kSilu};
+  std::uint64_t seed = 1000;
+  int k = 0;
+  for (const auto& c : cases)
+    for (Epilogue ep : eps) {
+      ++k;
+      run_case<T>(ep, c, k % 2 == 0, k % 4 >= 2, k % 3, seed += 17);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("gpu linear fp32 matches the CPU reference") { run_all<float>(); }
+TEST_CASE("gpu linear fp16 matches the CPU reference") { run_all<__half>(); }
+TEST_CASE("gpu linear bf16 matches the CPU reference") { run_all<__nv_bfloat16>(); }
+
+TEST_CASE("gpu linear bf16 covers every flag combination on one shape") {
+  const Case c{2, 21, 40, 72, 0, 8, 0};
+  std::uint64_t seed = 5000;
+  for (Epilogue ep : {Epilogue::kNone, Epilogue::kBias, Epilogue::kBiasSilu, Epilogue::kSilu})
+    for (bool keep_pre : {false, true})
+      for (bool acc : {false, true})
+        for (int mode : {0, 1, 2}) run_case<__nv_bfloat16>(ep, c, keep_pre, acc, mode, seed += 3);
+}
+
+TEST_CASE("gpu linear caches one plan per shape") {
+  auto& ctx = context();
+  const I64 M = 24, K = 32, N = 48;
+  DeviceBuffer<float> x(M * K), w(N * K), y(M * N);
+  x.upload(test::random_vector<float>(M * K, 1));
+  w.upload(test::random_vector<float>(N * K, 2));
+  DeviceBuffer<char> ws(ctx.gemm_workspace_bytes());
+  linear::ForwardArgs<float> f;
+  f.x = x.view({M, K});
+  f.weight = w.view({N, K});
+  f.y = y.view({M, N});
+  REQUIRE(linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr).ok());
+  const std::size_t plans = ctx.cached_plans();
+  REQUIRE(linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr).ok());
+  CHECK(ctx.cached_plans() == plans);
+  f.x = x.view({M / 2, K});
+  f.y = y.view({M / 2, N});
+  REQUIRE(linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr).ok());
+  CHECK(ctx.cached_plans() == plans + 1);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+}
+
+TEST_CASE("gpu linear with an empty batch zeroes the parameter gradients") {
+  auto& ctx = context();
+  const I64 K = 16, N = 8;
+  DeviceBuffer<__nv_bfloat16> x(K), w(N * K), dy(N), pre(N);
+  DeviceBuffer<float> dw(N * K), db(N);
+  dw.upload(std::vector<float>(N * K, 3.f));
+  db.upload(std::vector<float>(N, 3.f));
+  linear::BackwardArgs<__nv_bfloat16> g;
+  g.epilogue = Epilogue::kBiasSilu;
+  g.x = x.view({0, K});
+  g.weight = w.view({N, K});
+  g.dy = dy.view({0, N});
+  g.pre = pre.view({0, N});
+  g.dweight = dw.view({N, K});
+  g.dbias = db.view({N});
+  std::size_t bytes = 0;
+  REQUIRE(linear::cuda::backward_workspace_size(ctx, g, bytes).ok());
+  DeviceBuffer<char> ws(bytes);
+  REQUIRE(linear::cuda::backward(ctx, g, ws.data(), bytes, nullptr).ok());
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  CHECK(dw.download() == std::vector<float>(N * K, 0.f));
+  CHECK(db.download() == std::vector<float>(N, 0.f));
+}
+
+TEST_CASE("gpu linear rejects bad arguments with a clear message") {
+  auto& ctx = context();
+  const I64 M = 4, K = 8, N = 6;
+  DeviceBuffer<float> x(M * K), w(N * K), b(N), y(M * N), pre(M * N), dw(N * K), db(N);
+  DeviceBuffer<char> ws(ctx.gemm_workspace_bytes() + 256);
+  std::vector<float> host(M * K);
+  auto expect = [](const Status& s, const char* needle) {
+    INFO(s.to_string());
+    CHECK(!s.ok());
+    CHECK(s.message().find(needle) != std::string::npos);
+  };
+  linear::ForwardArgs<float> f;
+  f.epilogue = Epilogue::kBias;
+  f.x = x.view({M, K});
+  f.weight = w.view({N, K});
+  f.y = y.view({M, N});
+  expect(linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr), "bias is missing");
+  f.epilogue = Epilogue::kNone;
+  f.bias = b.view({N});
+  expect(linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr), "has no bias");
+  f.bias = {};
+  f.pre = pre.view({M, N});
+  expect(linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr), "pre is only written by SiLU");
+  f.pre = {};
+  f.weight = w.view({N, K - 1});
+  expect(linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr), "weight has shape");
+  f.weight = w.view({N, K});
+  f.y = y.view({M, N - 1});
+  expect(linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr), "y has shape");
+  f.y = y.view({M, N});
+  f.x = TensorView<const float>::host(host.data(), {M, K});
+  expect(linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr), "expected device memory");
+  f.x = x.view({M, K});
+  expect(linear::cuda::forward(ctx, f, ws.data(), 16, nullptr), "workspace");
+  expect(linear::cuda::forward(ctx, f, static_cast<char*>(ws.data()) + 8, ws.size() - 8, nullptr), "256-byte aligned");
+  linear::cuda::Context fresh;
+  expect(linear::cuda::forward(fresh, f, ws.data(), ws.size(), nullptr), "not initialized");
+  expect(ctx.init(), "already initialized");
+
+  linear::BackwardArgs<float> g;
+  g.epilogue = Epilogue::kNone;
+  g.x = x.view({M, K});
+  g.weight = w.view({N, K});
+  g.dy = y.view({M, N});
+  g.dweight = dw.view({N, K});
+  g.dbias = db.view({N});
+  expect(linear::cuda::backward(ctx, g, ws.data(), ws.size(), nullptr), "has no bias");
+  g.epilogue = Epilogue::kSilu;
+  g.dbias = {};
+  expect(linear::cuda::backward(ctx, g, ws.data(), ws.size(), nullptr), "pre (the forward pre-activation) is required");
+  g.epilogue = Epilogue::kNone;
+  g.x = {};
+  expect(linear::cuda::backward(ctx, g, ws.data(), ws.size(), nullptr), "x is required");
+  g.x = x.view({M, K});
+  g.dweight = dw.view({K, N});
+  expect(linear::cuda::backward(ctx, g, ws.data(), ws.size(), nullptr), "dweight has shape");
+}
