@@ -2,17 +2,23 @@
 //
 // Per (batch row b, channel d, state n) the forward is the complex recurrence
 //   h_t = a_t h_{t-1} + p x_t,  a_t = BOS(t) ? 0 : q,   y_t = sum_n Re(g h_t) (+ x_t)
-// and the backward its adjoint in reverse time (spec 2.4). Both split time into tiles of
-// kTileTokens tokens and channels into slabs of `dc` channels; one CTA owns one (tile, slab) of
-// one batch row and keeps its inputs in shared memory, so x (and dy) are read from DRAM once:
-//   1. load the tile (cp.async) and its BOS flags;
-//   2. pass 1: run the recurrence over the tile from a zero state, giving the tile's aggregate:
-//      state_out = A state_in + U, with A = q^Tt (0 when a BOS lies in the tile);
-//   3. deterministic decoupled look-back over the tiles of the same (batch row, slab) chain
-//      (core/lookback.cuh finds the nearest published inclusive state; the aggregates after it
-//      are applied in order, so the result is bitwise the same whichever one is found);
-//   4. pass 2: re-run the tile from the true entering state, producing y (dx) in shared memory
-//      and, in the backward, the per-tile sums for the parameter gradients.
+// and the backward its adjoint in reverse time (spec 2.4). Time is split into tiles of
+// kTileTokens tokens and channels into slabs of `dc` channels; a CTA owns one (tile, slab) of one
+// batch row with its inputs staged in shared memory (cp.async). Each direction runs as
+//   1. aggregate kernel: every tile runs the recurrence from a zero state (pass 1), giving its
+//      aggregate: state_out = A state_in + U, A = q^Tt (0 when a BOS lies in the tile);
+//   2. scan kernel: one thread per (b, d, n) applies the aggregates in tile order, giving the state
+//      entering every tile (the forward keeps them: Saved::states);
+//   3. output kernel: every tile re-runs from its true entering state (pass 2), producing y (dx)
+//      and, in the backward, the tile's parameter-gradient contributions.
+// No CTA ever waits for another. A first version ran all three steps in one kernel with a
+// deterministic decoupled look-back across CTAs (core/lookback.cuh), reading x from DRAM once; on an
+// H100 (bf16, B = 1, D = 4096, N = 16, L = 16384) it took 1.10 ms forward, against 0.74 ms for the
+// same kernel with the look-back switched off: CTAs spent a third of their time spinning on flags
+// or walking back over aggregates (ncu: 0.42 instructions issued per cycle and scheduler; 60% L2
+// throughput, mostly polling), and the backward's in-order accumulation of the gradient sums cost
+// another 0.5 ms. The split costs a second DRAM read of x (and dy) and ~4 bytes of aggregates and
+// states per (token, channel); it measured 0.78 ms forward, 1.36 ms backward.
 //
 // Thread layout: a thread owns NS states of one channel (all of them when N <= NS, else `tpc`
 // threads share a channel and sum their parts of y / dx with a short shuffle tree). The
@@ -24,8 +30,10 @@
 //            pass 2: 6 (complex multiply-add with a real input, 3 FMA + 1 MUL, + 2 FMA for Re(g p k))
 //   backward pass 1: 3 (the adjoint of dy alone, R below, two tokens per step)
 //            pass 2: 14 (fast path) / 20 (with dh_out)
-// (pass 1 runs one token per step, 4 instructions, in tiles that hold a BOS).
-// which makes both passes bound by FMA issue, not by DRAM.
+// (pass 1 runs one token per step, 4 instructions, in tiles that hold a BOS). Both passes are bound
+// by instruction issue, not by DRAM; measured (ncu, H100) the pass-2 loop issues 0.64 instructions
+// per cycle and scheduler (dispatch stalls and fixed-latency dependency waits), about 1/3 of the
+// FMA peak: the remaining gap to the bandwidth floor is there.
 //
 // Backward formulation (w = conj(q), c = conj(g), all per (b, d, n)). With
 //   R_t = dy_t + conj(a_{t+1}) R_{t+1}         (adjoint of y alone, without g)
@@ -39,23 +47,22 @@
 // state carried across tiles is one complex number per (b, d, n): R (fast path, dh_out absent,
 // G = c R) or G (general path).
 //
-// The parameter-gradient sums of a chain are accumulated across its tiles in tile order (each tile
-// waits for its predecessor's turn, then adds), and over the batch in index order by a final
-// kernel: no floating-point atomics, bitwise reproducible.
+// The parameter-gradient contributions are written per tile and summed over the tiles in time
+// order, then over the batch in index order: no floating-point atomics, bitwise reproducible.
 #pragma once
 
 #include <cstdint>
 
 #include "gecko/core/dtype.hpp"
-#include "gecko/core/lookback.cuh"
 #include "gecko/core/vector_io.cuh"
 
 namespace gecko::cema::kernels {
 
 // Tokens per time tile. 128 gives several thousand CTAs at the 7B shape (L = 16384, D = 4096:
-// 128 tiles x 32 slabs) while the per-tile look-back data (2 complex per channel and state) stays
-// ~2 bytes per (token, channel), below the 4 bytes of x and y themselves. Tiles are a fixed size
-// so the forward's saved states line up with the backward's tiles.
+// 128 tiles x 32 slabs) while the per-tile aggregates and states (one complex per channel and state
+// each) stay ~1 byte per (token, channel), below the 4 bytes of x and y themselves, and a tile
+// (32 KB of bf16 x for 128 channels) lets 4 CTAs share an SM. Tiles are a fixed size so the
+// forward's saved states line up with the backward's tiles.
 inline constexpr int kTileTokens = 128;
 inline constexpr int kMaxThreads = 128;  // per CTA: 4 warps
 
@@ -81,14 +88,13 @@ struct ForwardParams {
   long long x_sb, x_sl, y_sb, y_sl;  // batch and time strides, elements
   bool add_residual;
   const std::uint8_t* bos;  // [B, L] or null
-  const float2* h0;         // [B, D, N] or null
+  const float2* h0;         // [B, D, N] or null (read by the scan only, so h_out may alias it)
   float2* h_out;            // [B, D, N] or null
-  float2* states;           // [time_tiles, B, D, N]: state after each tile (inclusive; saved or workspace)
+  float2* states;           // [time_tiles, B, D, N]: the state after each tile (saved or workspace)
+  float2* enter0;           // [B, D, N]: the state entering tile 0 (h0 or 0), copied by the scan
   float2* agg;              // [time_tiles, B, D, N]: each tile's U
+  unsigned* resets;         // [time_tiles, chains]: 1 when the tile holds a BOS (its A is 0)
   Coefficients cf;
-  unsigned* ticket;
-  unsigned* flags;   // [time_tiles, chains]
-  unsigned* resets;  // [time_tiles, chains]: 1 when the tile holds a BOS (its A is 0)
 };
 
 struct BackwardParams {
@@ -97,17 +103,14 @@ struct BackwardParams {
   bool add_residual;
   const std::uint8_t* bos;
   const float2* h0;      // [B, D, N] or null
-  const float2* dh_out;  // [B, D, N] (general path) or null
+  const float2* dh_out;  // [B, D, N] (general path) or null (read by the scan only, so dh0 may alias it)
   const float2* states;  // [time_tiles, B, D, N] saved by the forward
   float2* dh0;           // [B, D, N] or null
-  float2* agg;           // [time_tiles, B, D, N] indexed by step (0 = last time tile)
-  float2* incl;          // [time_tiles, B, D, N]
-  float* slot;           // [B, 5, D, N]: dp, Re dg, Im dg, Re dq, Im dq summed over the tiles; or null
+  float2* agg;           // [time_tiles, B, D, N]: each tile's own aggregate (from a zero carry)
+  float2* carry;         // [time_tiles, B, D, N]: the carried state entering each tile at its end
+  float* partial;        // [time_tiles, B, 5, D, N]: per-tile dp, Re/Im dg, Re/Im dq; or null
+  unsigned* resets;      // [time_tiles, chains]
   Coefficients cf;
-  unsigned* ticket;
-  unsigned* flags;
-  unsigned* resets;
-  unsigned* turn;  // [chains]: how many tiles of the chain have added their gradient sums
 };
 
 // ---- small helpers ----------------------------------------------------------------------------
@@ -235,61 +238,12 @@ __device__ __forceinline__ Lane make_lane(const Tiling& tl, int b, int c0) {
   return l;
 }
 
-// The state entering chain position `pos` (> 0): one warp finds the nearest inclusive state, then
-// every thread applies the aggregates after it to its own NS states, in order. A (the aggregate's
-// multiplier) is per state; tiles flagged in `resets` replace the state by their U.
-template <int NS>
-__device__ __forceinline__ void look_back(unsigned* flags, const unsigned* resets, const float2* aggs,
-                                          const float2* incls, int chains, int chain, int pos, long long pos_stride,
-                                          const Lane& l, const float2 (&A)[NS], float2 (&s)[NS], int* s_found) {
-  if (threadIdx.x < 32) {
-    const int k = lookback::warp_find_inclusive(flags + chain, chains, pos);
-    if (threadIdx.x == 0) *s_found = k;
-  }
-  __syncthreads();
-  const int k = *s_found;
-#pragma unroll
-  for (int j = 0; j < NS; ++j)
-    s[j] = j < l.nvalid ? __ldcg(incls + k * pos_stride + l.off + j) : make_float2(0.f, 0.f);
-  for (int i = k + 1; i < pos; ++i) {
-    const unsigned reset = __ldcg(resets + static_cast<long long>(i) * chains + chain);
-    float2 u[NS];
-#pragma unroll
-    for (int j = 0; j < NS; ++j) u[j] = j < l.nvalid ? __ldcg(aggs + i * pos_stride + l.off + j) : make_float2(0.f, 0.f);
-#pragma unroll
-    for (int j = 0; j < NS; ++j) s[j] = reset ? u[j] : affine(A[j], s[j], u[j]);
-  }
-}
-
-// Publishes this tile's aggregate (U and whether it resets) and raises its flag.
-template <int NS>
-__device__ __forceinline__ void publish_aggregate(float2* aggs, unsigned* resets, unsigned* flags, int chains, int chain,
-                                                  int pos, long long pos_stride, const Lane& l, const float2 (&U)[NS],
-                                                  bool reset) {
-#pragma unroll
-  for (int j = 0; j < NS; ++j)
-    if (j < l.nvalid) aggs[pos * pos_stride + l.off + j] = U[j];
-  if (threadIdx.x == 0) resets[static_cast<long long>(pos) * chains + chain] = reset ? 1u : 0u;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) lookback::store_flag(flags + static_cast<long long>(pos) * chains + chain, lookback::kAggregate);
-}
-
-template <int NS>
-__device__ __forceinline__ void publish_inclusive(float2* incls, unsigned* flags, int chains, int chain, int pos,
-                                                  long long pos_stride, const Lane& l, const float2 (&S)[NS]) {
-#pragma unroll
-  for (int j = 0; j < NS; ++j)
-    if (j < l.nvalid) incls[pos * pos_stride + l.off + j] = S[j];
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) lookback::store_flag(flags + static_cast<long long>(pos) * chains + chain, lookback::kInclusive);
-}
-
 // ---- coefficients -----------------------------------------------------------------------------
 
 // p, q, g and q^kTileTokens per (d, n), from the raw parameters, in double then rounded once.
 // p is clamped to >= 1e-30 so that the forward's scaled state h / p stays finite.
+// A template only so that the definition may appear in several translation units.
+template <int kUnused = 0>
 __global__ void coefficient_kernel(const float* __restrict__ alpha, const float* __restrict__ delta,
                                    const float* __restrict__ theta, const float* __restrict__ gamma, int D, int N,
                                    float4* __restrict__ qg, float4* __restrict__ gp, float2* __restrict__ pw) {
@@ -403,90 +357,123 @@ __device__ __forceinline__ void forward_pass2(T* xs, const unsigned char* bs, in
   }
 }
 
+// Where a CTA of a tile kernel sits: time tile tt, batch row b, channel slab.
+struct TilePos {
+  int tt, chain, b, slab, t0, lt, c0;
+};
+
+__device__ __forceinline__ TilePos tile_pos(const Tiling& tl, int tt, int chain, int dc) {
+  TilePos t;
+  t.tt = tt;
+  t.chain = chain;
+  t.b = chain / tl.slabs;
+  t.slab = chain - t.b * tl.slabs;
+  t.t0 = tt * kTileTokens;
+  t.lt = min(kTileTokens, tl.length - t.t0);
+  t.c0 = t.slab * dc;
+  return t;
+}
+
+// Kernel 1 of the forward: every tile but the last runs pass 1 from a zero state and writes its
+// aggregate U = p k_local (h-form; A = q^Tt, or 0 when the tile holds a BOS). Grid: (T - 1) x chains.
 template <class T, int NS>
-__global__ void __launch_bounds__(kMaxThreads, 4) forward_kernel(ForwardParams p, const T* __restrict__ x,
-                                                                 T* __restrict__ y) {
+__global__ void __launch_bounds__(kMaxThreads, 4) forward_aggregate_kernel(ForwardParams p, const T* __restrict__ x) {
   const Tiling& tl = p.tl;
   const int dc = tl.dc;
   extern __shared__ __align__(16) unsigned char smem[];
   T* xs = reinterpret_cast<T*>(smem);                                                 // [Tt][dc]
   unsigned char* bs = smem + static_cast<std::size_t>(kTileTokens) * dc * sizeof(T);  // [Tt]
-  __shared__ unsigned s_ticket;
-  __shared__ int s_found;
-
-  if (threadIdx.x == 0) s_ticket = lookback::take_ticket(p.ticket);
-  __syncthreads();
-  const int chains = tl.chains;
-  const int tt = static_cast<int>(s_ticket / chains), chain = static_cast<int>(s_ticket % chains);
-  const int b = chain / tl.slabs, slab = chain - b * tl.slabs;
-  const int t0 = tt * kTileTokens, lt = min(kTileTokens, tl.length - t0), c0 = slab * dc;
+  const TilePos tp = tile_pos(tl, static_cast<int>(blockIdx.x) / tl.chains, static_cast<int>(blockIdx.x) % tl.chains, dc);
   const long long pos_stride = static_cast<long long>(tl.batch) * tl.channels * tl.states;
 
-  load_tile<T>(xs, x, p.x_sb, p.x_sl, b, t0, lt, c0, dc, tl.channels, tl.vec);
+  load_tile<T>(xs, x, p.x_sb, p.x_sl, tp.b, tp.t0, tp.lt, tp.c0, dc, tl.channels, tl.vec);
   if (tl.vec > 1) cp_async_wait_all();
-  const bool reset = load_bos(bs, p.bos, static_cast<long long>(b) * tl.length + t0, lt);  // + barrier
-  const Lane l = make_lane<NS>(tl, b, c0);
+  const bool reset = load_bos(bs, p.bos, static_cast<long long>(tp.b) * tl.length + tp.t0, tp.lt);  // + barrier
+  const Lane l = make_lane<NS>(tl, tp.b, tp.c0);
 
-  // Pass 1 -> this tile's aggregate U = p k_local (h-form), A = q^Tt or 0. The last tile's
-  // aggregate has no consumer, so it skips pass 1.
-  const bool last = tt + 1 == tl.time_tiles;
-  float2 own[NS];
+  float qr[NS], qi[NS], kr[NS], ki[NS];
 #pragma unroll
-  for (int j = 0; j < NS; ++j) own[j] = make_float2(0.f, 0.f);
-  if (!last) {
-    float qr[NS], qi[NS], kr[NS], ki[NS];
-#pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      const float4 v = j < l.nvalid ? __ldg(p.cf.qg + l.coef + j) : make_float4(0.f, 0.f, 0.f, 0.f);
-      qr[j] = v.x;
-      qi[j] = v.y;
-      kr[j] = ki[j] = 0.f;
-    }
-    if (reset) {
-      forward_pass1<true, T, NS>(xs, bs, lt, dc, l.c, qr, qi, kr, ki);
-    } else {
-      forward_pass1_pairs<T, NS>(xs, lt, dc, l.c, qr, qi, kr, ki);
-    }
-#pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      const float pp = j < l.nvalid ? __ldg(&p.cf.gp[l.coef + j].z) : 1.f;
-      own[j] = make_float2(pp * kr[j], pp * ki[j]);
-    }
+  for (int j = 0; j < NS; ++j) {
+    const float4 v = j < l.nvalid ? __ldg(p.cf.qg + l.coef + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+    qr[j] = v.x;
+    qi[j] = v.y;
+    kr[j] = ki[j] = 0.f;
   }
-
-  // The state entering the tile (h-form).
-  float2 s[NS];
-  if (tt == 0) {
-#pragma unroll
-    for (int j = 0; j < NS; ++j) s[j] = p.h0 && j < l.nvalid ? p.h0[l.off + j] : make_float2(0.f, 0.f);
+  if (reset) {
+    forward_pass1<true, T, NS>(xs, bs, tp.lt, dc, l.c, qr, qi, kr, ki);
   } else {
-    if (!last) publish_aggregate<NS>(p.agg, p.resets, p.flags, chains, chain, tt, pos_stride, l, own, reset);
-    float2 A[NS];
-#pragma unroll
-    for (int j = 0; j < NS; ++j) A[j] = j < l.nvalid ? __ldg(p.cf.pw + l.coef + j) : make_float2(0.f, 0.f);
-    look_back<NS>(p.flags, p.resets, p.agg, p.states, chains, chain, tt, pos_stride, l, A, s, &s_found);
-    // Re-read U rather than keep it in registers through the look-back (it was written and fenced
-    // by this thread above).
-    if (!last) {
-#pragma unroll
-      for (int j = 0; j < NS; ++j)
-        own[j] = j < l.nvalid ? __ldcg(p.agg + tt * pos_stride + l.off + j) : make_float2(0.f, 0.f);
-    }
+    forward_pass1_pairs<T, NS>(xs, tp.lt, dc, l.c, qr, qi, kr, ki);
   }
-  // Publish the state leaving the tile (every tile but the last is full, so A = q^Tt).
-  if (!last) {
-    float2 out[NS];
 #pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      const float2 A = j < l.nvalid ? __ldg(p.cf.pw + l.coef + j) : make_float2(0.f, 0.f);
-      out[j] = reset ? own[j] : affine(A, s[j], own[j]);
-    }
-    publish_inclusive<NS>(p.states, p.flags, chains, chain, tt, pos_stride, l, out);
+  for (int j = 0; j < NS; ++j) {
+    if (j >= l.nvalid) continue;
+    const float pp = __ldg(&p.cf.gp[l.coef + j].z);
+    p.agg[tp.tt * pos_stride + l.off + j] = make_float2(pp * kr[j], pp * ki[j]);
   }
+  if (threadIdx.x == 0) p.resets[static_cast<long long>(tp.tt) * tl.chains + tp.chain] = reset ? 1u : 0u;
+}
 
-  // Pass 2 from the entering state.
+// Kernel 2 of the forward: per (b, d, n), the states after tiles 0 .. T-2 by applying the
+// aggregates in time order (state = A state + U, or U after a reset), starting from h0. One thread
+// per state; loads are issued 8 tiles ahead. Also copies h0 to enter0, so that the output kernel
+// never reads h0 (h_out may alias it).
+// A template only so that the definition may appear in several translation units.
+template <int kUnused = 0>
+__global__ void __launch_bounds__(256) forward_scan_kernel(ForwardParams p) {
+  const Tiling& tl = p.tl;
+  const long long dn_count = static_cast<long long>(tl.channels) * tl.states;
+  const long long bdn = tl.batch * dn_count;
+  const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= bdn) return;
+  const int b = static_cast<int>(i / dn_count);
+  const long long dn = i - b * dn_count;
+  const int d = static_cast<int>(dn / tl.states);
+  const int chain = b * tl.slabs + d / tl.dc;
+  float2 s = p.h0 ? p.h0[i] : make_float2(0.f, 0.f);
+  p.enter0[i] = s;
+  const float2 A = __ldg(p.cf.pw + dn);
+  const int steps = tl.time_tiles - 1;
+  for (int t0 = 0; t0 < steps; t0 += 8) {
+    float2 u[8];
+    unsigned r[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      if (t0 + k < steps) {
+        u[k] = __ldcs(p.agg + (t0 + k) * bdn + i);
+        r[k] = __ldg(p.resets + static_cast<long long>(t0 + k) * tl.chains + chain);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      if (t0 + k < steps) {
+        s = r[k] ? u[k] : affine(A, s, u[k]);
+        p.states[(t0 + k) * bdn + i] = s;
+      }
+    }
+  }
+}
+
+// Kernel 3 of the forward: every tile runs pass 2 from its entering state, writing y; the last
+// tile writes h_out (and its state). Grid: T x chains.
+template <class T, int NS>
+__global__ void __launch_bounds__(kMaxThreads, 4) forward_output_kernel(ForwardParams p, const T* __restrict__ x,
+                                                                        T* __restrict__ y) {
+  const Tiling& tl = p.tl;
+  const int dc = tl.dc;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* xs = reinterpret_cast<T*>(smem);                                                 // [Tt][dc]
+  unsigned char* bs = smem + static_cast<std::size_t>(kTileTokens) * dc * sizeof(T);  // [Tt]
+  const TilePos tp = tile_pos(tl, static_cast<int>(blockIdx.x) / tl.chains, static_cast<int>(blockIdx.x) % tl.chains, dc);
+  const long long pos_stride = static_cast<long long>(tl.batch) * tl.channels * tl.states;
+
+  load_tile<T>(xs, x, p.x_sb, p.x_sl, tp.b, tp.t0, tp.lt, tp.c0, dc, tl.channels, tl.vec);
+  if (tl.vec > 1) cp_async_wait_all();
+  const bool reset = load_bos(bs, p.bos, static_cast<long long>(tp.b) * tl.length + tp.t0, tp.lt);  // + barrier
+  const Lane l = make_lane<NS>(tl, tp.b, tp.c0);
+
   float kr[NS], ki[NS];
   {
+    const float2* enter = tp.tt == 0 ? p.enter0 : p.states + (tp.tt - 1) * pos_stride;
     float qr[NS], qi[NS], gr[NS], gi[NS];
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
@@ -496,27 +483,28 @@ __global__ void __launch_bounds__(kMaxThreads, 4) forward_kernel(ForwardParams p
       gr[j] = v.z;
       gi[j] = v.w;
       const float pp = j < l.nvalid ? __ldg(&p.cf.gp[l.coef + j].z) : 1.f;
-      kr[j] = s[j].x / pp;
-      ki[j] = s[j].y / pp;
+      const float2 s = j < l.nvalid ? enter[l.off + j] : make_float2(0.f, 0.f);
+      kr[j] = s.x / pp;
+      ki[j] = s.y / pp;
     }
     const bool writer = l.part == 0;
     if (reset) {
-      forward_pass2<true, T, NS>(xs, bs, lt, dc, l.c, tl.tpc, writer, p.add_residual, qr, qi, gr, gi, kr, ki);
+      forward_pass2<true, T, NS>(xs, bs, tp.lt, dc, l.c, tl.tpc, writer, p.add_residual, qr, qi, gr, gi, kr, ki);
     } else {
-      forward_pass2<false, T, NS>(xs, bs, lt, dc, l.c, tl.tpc, writer, p.add_residual, qr, qi, gr, gi, kr, ki);
+      forward_pass2<false, T, NS>(xs, bs, tp.lt, dc, l.c, tl.tpc, writer, p.add_residual, qr, qi, gr, gi, kr, ki);
     }
   }
   __syncthreads();
-  store_tile<T>(y, xs, p.y_sb, p.y_sl, b, t0, lt, c0, dc, tl.channels, tl.vec);
+  store_tile<T>(y, xs, p.y_sb, p.y_sl, tp.b, tp.t0, tp.lt, tp.c0, dc, tl.channels, tl.vec);
 
-  if (tt + 1 == tl.time_tiles) {
+  if (tp.tt + 1 == tl.time_tiles) {
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
       if (j >= l.nvalid) continue;
       const float pp = __ldg(&p.cf.gp[l.coef + j].z);
       const float2 h = make_float2(pp * kr[j], pp * ki[j]);
       if (p.h_out) p.h_out[l.off + j] = h;
-      p.states[tt * pos_stride + l.off + j] = h;
+      p.states[tp.tt * pos_stride + l.off + j] = h;
     }
   }
 }
@@ -667,95 +655,116 @@ __device__ __forceinline__ void backward_pass2_general(const T* xs, T* gs, const
   }
 }
 
+// Kernel 1 of the backward: every tile but the first in time runs pass 1 (R from a zero carry, in
+// reverse time) and writes its aggregate: R~ at the tile start (fast path) or c w R~ (general
+// path, the carried G). Grid: (T - 1) x chains, tiles 1 .. T-1.
+template <class T, int NS, bool kGeneral>
+__global__ void __launch_bounds__(kMaxThreads, 4) backward_aggregate_kernel(BackwardParams p, const T* __restrict__ dy) {
+  const Tiling& tl = p.tl;
+  const int dc = tl.dc;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* gs = reinterpret_cast<T*>(smem);                                                 // [Tt][dc]
+  unsigned char* bs = smem + static_cast<std::size_t>(kTileTokens) * dc * sizeof(T);  // [Tt]
+  const TilePos tp =
+      tile_pos(tl, 1 + static_cast<int>(blockIdx.x) / tl.chains, static_cast<int>(blockIdx.x) % tl.chains, dc);
+  const long long pos_stride = static_cast<long long>(tl.batch) * tl.channels * tl.states;
+
+  load_tile<T>(gs, dy, p.dy_sb, p.dy_sl, tp.b, tp.t0, tp.lt, tp.c0, dc, tl.channels, tl.vec);
+  if (tl.vec > 1) cp_async_wait_all();
+  const bool reset = load_bos(bs, p.bos, static_cast<long long>(tp.b) * tl.length + tp.t0, tp.lt);  // + barrier
+  const Lane l = make_lane<NS>(tl, tp.b, tp.c0);
+
+  float qr[NS], qi[NS], rr[NS], ri[NS];
+#pragma unroll
+  for (int j = 0; j < NS; ++j) {
+    const float4 v = j < l.nvalid ? __ldg(p.cf.qg + l.coef + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+    qr[j] = v.x;
+    qi[j] = v.y;
+    rr[j] = ri[j] = 0.f;
+  }
+  if (reset) {
+    backward_pass1<true, T, NS>(gs, bs, tp.lt, dc, l.c, qr, qi, rr, ri);
+  } else {
+    backward_pass1_pairs<T, NS>(gs, tp.lt, dc, l.c, qr, qi, rr, ri);
+  }
+#pragma unroll
+  for (int j = 0; j < NS; ++j) {
+    if (j >= l.nvalid) continue;
+    float2 own = make_float2(rr[j], ri[j]);
+    if (kGeneral) {
+      const float4 g = __ldg(p.cf.gp + l.coef + j);
+      own = cmul(conjf2(cmul(make_float2(g.x, g.y), make_float2(qr[j], qi[j]))), own);
+    }
+    p.agg[tp.tt * pos_stride + l.off + j] = own;
+  }
+  if (threadIdx.x == 0) p.resets[static_cast<long long>(tp.tt) * tl.chains + tp.chain] = reset ? 1u : 0u;
+}
+
+// Kernel 2 of the backward: per (b, d, n), the carried state entering each tile at its end, from
+// the last tile back to the first: carry[T-1] = dh_out (general) or 0, then
+// carry[t-1] = reset_t ? own_t : W_t carry[t] + own_t with W_t = w^(tokens of tile t).
+template <bool kGeneral>
+__global__ void __launch_bounds__(256) backward_scan_kernel(BackwardParams p) {
+  const Tiling& tl = p.tl;
+  const long long dn_count = static_cast<long long>(tl.channels) * tl.states;
+  const long long bdn = tl.batch * dn_count;
+  const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= bdn) return;
+  const int b = static_cast<int>(i / dn_count);
+  const long long dn = i - b * dn_count;
+  const int d = static_cast<int>(dn / tl.states);
+  const int chain = b * tl.slabs + d / tl.dc;
+  const int T = tl.time_tiles;
+  float2 c = kGeneral && p.dh_out ? p.dh_out[i] : make_float2(0.f, 0.f);
+  p.carry[(T - 1) * bdn + i] = c;
+  const float2 W = conjf2(__ldg(p.cf.pw + dn));
+  float2 W_last = W;  // the last tile may be partial
+  const int lt_last = tl.length - (T - 1) * kTileTokens;
+  if (lt_last != kTileTokens) {
+    const float4 v = __ldg(p.cf.qg + dn);
+    W_last = cpow(make_float2(v.x, -v.y), lt_last);
+  }
+  for (int t0 = T - 1; t0 >= 1; t0 -= 8) {
+    float2 u[8];
+    unsigned r[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      if (t0 - k >= 1) {
+        u[k] = __ldcs(p.agg + (t0 - k) * bdn + i);
+        r[k] = __ldg(p.resets + static_cast<long long>(t0 - k) * tl.chains + chain);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int t = t0 - k;
+      if (t >= 1) {
+        c = r[k] ? u[k] : affine(t == T - 1 ? W_last : W, c, u[k]);
+        p.carry[(t - 1) * bdn + i] = c;
+      }
+    }
+  }
+}
+
+// Kernel 3 of the backward: every tile runs pass 2 from the carry entering it, writing dx and its
+// parameter-gradient contributions (and dh0 for the first tile). Grid: T x chains.
 template <class T, int NS, bool kGeneral>
 __global__ void __launch_bounds__(kMaxThreads, kGeneral ? 2 : 4)
-    backward_kernel(BackwardParams p, const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx) {
+    backward_output_kernel(BackwardParams p, const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx) {
   const Tiling& tl = p.tl;
   const int dc = tl.dc;
   extern __shared__ __align__(16) unsigned char smem[];
   T* xs = reinterpret_cast<T*>(smem);  // [Tt][dc]
   T* gs = xs + kTileTokens * dc;       // [Tt][dc] dy, then dx
   unsigned char* bs = reinterpret_cast<unsigned char*>(gs + kTileTokens * dc);
-  __shared__ unsigned s_ticket;
-  __shared__ int s_found;
-
-  if (threadIdx.x == 0) s_ticket = lookback::take_ticket(p.ticket);
-  __syncthreads();
-  const int chains = tl.chains;
-  const int step = static_cast<int>(s_ticket / chains), chain = static_cast<int>(s_ticket % chains);
-  const int tt = tl.time_tiles - 1 - step;  // tiles are visited from the end of time
-  const int b = chain / tl.slabs, slab = chain - b * tl.slabs;
-  const int t0 = tt * kTileTokens, lt = min(kTileTokens, tl.length - t0), c0 = slab * dc;
+  const TilePos tp = tile_pos(tl, static_cast<int>(blockIdx.x) / tl.chains, static_cast<int>(blockIdx.x) % tl.chains, dc);
+  const int tt = tp.tt, b = tp.b;
   const long long pos_stride = static_cast<long long>(tl.batch) * tl.channels * tl.states;
 
-  load_tile<T>(xs, x, p.x_sb, p.x_sl, b, t0, lt, c0, dc, tl.channels, tl.vec);
-  load_tile<T>(gs, dy, p.dy_sb, p.dy_sl, b, t0, lt, c0, dc, tl.channels, tl.vec);
+  load_tile<T>(xs, x, p.x_sb, p.x_sl, b, tp.t0, tp.lt, tp.c0, dc, tl.channels, tl.vec);
+  load_tile<T>(gs, dy, p.dy_sb, p.dy_sl, b, tp.t0, tp.lt, tp.c0, dc, tl.channels, tl.vec);
   if (tl.vec > 1) cp_async_wait_all();
-  const bool reset = load_bos(bs, p.bos, static_cast<long long>(b) * tl.length + t0, lt);  // + barrier
-  const Lane l = make_lane<NS>(tl, b, c0);
-
-  // Pass 1 -> aggregate of the carried quantity: R~ (fast) or conj(a_{s0}) G_{s0} = c w R~ (general).
-  // The chain's last tile (the first in time) has no consumer for it.
-  const bool last = tt == 0;
-  float2 own[NS];
-#pragma unroll
-  for (int j = 0; j < NS; ++j) own[j] = make_float2(0.f, 0.f);
-  if (!last) {
-    float qr[NS], qi[NS], rr[NS], ri[NS];
-#pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      const float4 v = j < l.nvalid ? __ldg(p.cf.qg + l.coef + j) : make_float4(0.f, 0.f, 0.f, 0.f);
-      qr[j] = v.x;
-      qi[j] = v.y;
-      rr[j] = ri[j] = 0.f;
-    }
-    if (reset) {
-      backward_pass1<true, T, NS>(gs, bs, lt, dc, l.c, qr, qi, rr, ri);
-    } else {
-      backward_pass1_pairs<T, NS>(gs, lt, dc, l.c, qr, qi, rr, ri);
-    }
-#pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      own[j] = make_float2(rr[j], ri[j]);
-      if (kGeneral && j < l.nvalid) {
-        const float4 g = __ldg(p.cf.gp + l.coef + j);
-        own[j] = cmul(conjf2(cmul(make_float2(g.x, g.y), make_float2(qr[j], qi[j]))), own[j]);
-      }
-    }
-  }
-
-  float2 s[NS];
-  if (step == 0) {
-#pragma unroll
-    for (int j = 0; j < NS; ++j)
-      s[j] = kGeneral && p.dh_out && j < l.nvalid ? p.dh_out[l.off + j] : make_float2(0.f, 0.f);
-  } else {
-    if (!last) publish_aggregate<NS>(p.agg, p.resets, p.flags, chains, chain, step, pos_stride, l, own, reset);
-    float2 W[NS];
-#pragma unroll
-    for (int j = 0; j < NS; ++j) W[j] = j < l.nvalid ? conjf2(__ldg(p.cf.pw + l.coef + j)) : make_float2(0.f, 0.f);
-    look_back<NS>(p.flags, p.resets, p.agg, p.incl, chains, chain, step, pos_stride, l, W, s, &s_found);
-  }
-  if (!last) {
-    float2 out[NS];
-#pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      if (reset || (!kGeneral && step == 0)) {
-        out[j] = own[j];  // a reset, or a zero state entering the chain
-      } else {
-        float2 W = make_float2(0.f, 0.f);
-        if (j < l.nvalid) {
-          W = conjf2(__ldg(p.cf.pw + l.coef + j));
-          if (lt != kTileTokens) {  // only the chain's first (partial) tile, general path
-            const float4 v = __ldg(p.cf.qg + l.coef + j);
-            W = cpow(make_float2(v.x, -v.y), lt);
-          }
-        }
-        out[j] = affine(W, s[j], own[j]);
-      }
-    }
-    publish_inclusive<NS>(p.incl, p.flags, chains, chain, step, pos_stride, l, out);
-  }
+  const bool reset = load_bos(bs, p.bos, static_cast<long long>(b) * tl.length + tp.t0, tp.lt);  // + barrier
+  const Lane l = make_lane<NS>(tl, b, tp.c0);
 
   // Pass 2 from the carried state entering the tile (at its end).
   float sgr[NS], sgi[NS], sqr[NS], sqi[NS], spr[NS];
@@ -767,6 +776,7 @@ __global__ void __launch_bounds__(kMaxThreads, kGeneral ? 2 : 4)
     for (int j = 0; j < NS; ++j) {
       const float4 v = j < l.nvalid ? __ldg(p.cf.qg + l.coef + j) : make_float4(0.f, 0.f, 0.f, 0.f);
       const float4 g = j < l.nvalid ? __ldg(p.cf.gp + l.coef + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+      const float2 s = j < l.nvalid ? p.carry[tt * pos_stride + l.off + j] : make_float2(0.f, 0.f);
       qr[j] = v.x;
       qi[j] = v.y;
       if (kGeneral) {
@@ -774,14 +784,14 @@ __global__ void __launch_bounds__(kMaxThreads, kGeneral ? 2 : 4)
         ai[j] = g.y;
         pp[j] = g.z;
         rr[j] = ri[j] = 0.f;
-        cgr[j] = s[j].x;
-        cgi[j] = s[j].y;
+        cgr[j] = s.x;
+        cgi[j] = s.y;
       } else {
         ar[j] = v.z;
         ai[j] = v.w;
         pp[j] = 0.f;
-        rr[j] = s[j].x;
-        ri[j] = s[j].y;
+        rr[j] = s.x;
+        ri[j] = s.y;
         cgr[j] = cgi[j] = 0.f;
       }
       cr[j] = ci[j] = 0.f;
@@ -790,32 +800,30 @@ __global__ void __launch_bounds__(kMaxThreads, kGeneral ? 2 : 4)
     const bool writer = l.part == 0;
     if constexpr (kGeneral) {
       if (reset) {
-        backward_pass2_general<true, T, NS>(xs, gs, bs, lt, dc, l.c, tl.tpc, writer, p.add_residual, qr, qi, ar, ai,
-                                            pp, rr, ri, cgr, cgi, cr, ci, spr, sgr, sgi, sqr, sqi);
+        backward_pass2_general<true, T, NS>(xs, gs, bs, tp.lt, dc, l.c, tl.tpc, writer, p.add_residual, qr, qi, ar,
+                                            ai, pp, rr, ri, cgr, cgi, cr, ci, spr, sgr, sgi, sqr, sqi);
       } else {
-        backward_pass2_general<false, T, NS>(xs, gs, bs, lt, dc, l.c, tl.tpc, writer, p.add_residual, qr, qi, ar,
+        backward_pass2_general<false, T, NS>(xs, gs, bs, tp.lt, dc, l.c, tl.tpc, writer, p.add_residual, qr, qi, ar,
                                              ai, pp, rr, ri, cgr, cgi, cr, ci, spr, sgr, sgi, sqr, sqi);
       }
     } else {
       if (reset) {
-        backward_pass2_fast<true, T, NS>(xs, gs, bs, lt, dc, l.c, tl.tpc, writer, p.add_residual, qr, qi, ar, ai, rr,
-                                         ri, cr, ci, sgr, sgi, sqr, sqi);
+        backward_pass2_fast<true, T, NS>(xs, gs, bs, tp.lt, dc, l.c, tl.tpc, writer, p.add_residual, qr, qi, ar, ai,
+                                         rr, ri, cr, ci, sgr, sgi, sqr, sqi);
       } else {
-        backward_pass2_fast<false, T, NS>(xs, gs, bs, lt, dc, l.c, tl.tpc, writer, p.add_residual, qr, qi, ar, ai,
-                                          rr, ri, cr, ci, sgr, sgi, sqr, sqi);
+        backward_pass2_fast<false, T, NS>(xs, gs, bs, tp.lt, dc, l.c, tl.tpc, writer, p.add_residual, qr, qi, ar,
+                                          ai, rr, ri, cr, ci, sgr, sgi, sqr, sqi);
       }
     }
   }
   __syncthreads();
-  store_tile<T>(dx, gs, p.dx_sb, p.dx_sl, b, t0, lt, c0, dc, tl.channels, tl.vec);
+  store_tile<T>(dx, gs, p.dx_sb, p.dx_sl, b, tp.t0, tp.lt, tp.c0, dc, tl.channels, tl.vec);
 
   // This tile's parameter-gradient contributions and, for the first tile in time, dh0.
-  const bool need_h_in = p.slot != nullptr;
-  if (need_h_in || (tt == 0 && p.dh0)) {
-    float2 contrib[NS][3];  // dp (x only), dg, dq
+  if (p.partial || (tt == 0 && p.dh0)) {
+    const long long dn_count = static_cast<long long>(tl.channels) * tl.states;
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
-      contrib[j][0] = contrib[j][1] = contrib[j][2] = make_float2(0.f, 0.f);
       if (j >= l.nvalid) continue;
       const float4 v = __ldg(p.cf.qg + l.coef + j);
       const float4 g = __ldg(p.cf.gp + l.coef + j);
@@ -830,47 +838,57 @@ __global__ void __launch_bounds__(kMaxThreads, kGeneral ? 2 : 4)
       const float2 hc = conjf2(h_in);
       const float2 Rt = make_float2(rr[j], ri[j]), Ct = make_float2(cr[j], ci[j]);
       const float2 Sg = make_float2(sgr[j], sgi[j]), Sq = make_float2(sqr[j], sqi[j]);
+      float dp;
+      float2 dg, dq;
       if constexpr (kGeneral) {
-        contrib[j][0] = make_float2(spr[j], 0.f);
-        contrib[j][1] = cadd(cscale(pj, Sg), cmul(hc, cmul(w, Rt)));
-        contrib[j][2] = cadd(cscale(pj, Sq), cmul(hc, Ct));
+        dp = spr[j];
+        dg = cadd(cscale(pj, Sg), cmul(hc, cmul(w, Rt)));
+        dq = cadd(cscale(pj, Sq), cmul(hc, Ct));
         if (tt == 0 && p.dh0) p.dh0[l.off + j] = make_float2(cgr[j], cgi[j]);
       } else {
-        contrib[j][0] = make_float2(fmaf(g.x, Sg.x, g.y * Sg.y), 0.f);  // Re(c sum x R)
-        contrib[j][1] = cscale(pj, Sg);
-        if (tt == 0) contrib[j][1] = cadd(contrib[j][1], cmul(hc, cmul(w, Rt)));
-        contrib[j][2] = cmul(c, cadd(cscale(pj, Sq), cmul(hc, Ct)));
+        dp = fmaf(g.x, Sg.x, g.y * Sg.y);  // Re(c sum x R)
+        dg = cscale(pj, Sg);
+        if (tt == 0) dg = cadd(dg, cmul(hc, cmul(w, Rt)));
+        dq = cmul(c, cadd(cscale(pj, Sq), cmul(hc, Ct)));
         if (tt == 0 && p.dh0) p.dh0[l.off + j] = cmul(c, cmul(w, Rt));
       }
-    }
-    if (p.slot) {
-      // Add to the chain's running sums in tile order.
-      if (threadIdx.x == 0) {
-        while (lookback::load_flag(p.turn + chain) != static_cast<unsigned>(step)) __nanosleep(64);
+      if (p.partial) {
+        float* q = p.partial + ((static_cast<long long>(tt) * tl.batch + b) * 5) * dn_count + l.coef + j;
+        __stcs(q, dp);
+        __stcs(q + dn_count, dg.x);
+        __stcs(q + 2 * dn_count, dg.y);
+        __stcs(q + 3 * dn_count, dq.x);
+        __stcs(q + 4 * dn_count, dq.y);
       }
-      __syncthreads();
-      const long long plane = static_cast<long long>(tl.channels) * tl.states;
-      const long long base = (static_cast<long long>(b) * 5 * tl.channels + l.d) * tl.states + l.part * NS;
-#pragma unroll
-      for (int j = 0; j < NS; ++j) {
-        if (j >= l.nvalid) continue;
-        const float add[5] = {contrib[j][0].x, contrib[j][1].x, contrib[j][1].y, contrib[j][2].x, contrib[j][2].y};
-#pragma unroll
-        for (int k = 0; k < 5; ++k) {
-          float* q = p.slot + base + k * plane + j;
-          const float prev = step == 0 ? 0.f : __ldcg(q);
-          __stcg(q, prev + add[k]);
-        }
-      }
-      __threadfence();
-      __syncthreads();
-      if (threadIdx.x == 0) lookback::store_flag(p.turn + chain, static_cast<unsigned>(step + 1));
     }
   }
 }
 
+// The per-tile contributions summed over the tiles in time order: slot[b, k, d, n] for each of the
+// 5 quantities. One thread per (b, k, d, n); loads issued 8 tiles ahead.
+// A template only so that the definition may appear in several translation units.
+template <int kUnused = 0>
+__global__ void __launch_bounds__(256) reduce_partials_kernel(const float* __restrict__ partial, int T, int B,
+                                                               long long dn_count, float* __restrict__ slot) {
+  const long long n = static_cast<long long>(B) * 5 * dn_count;
+  const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float s = 0.f;
+  for (int t0 = 0; t0 < T; t0 += 8) {
+    float v[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = t0 + k < T ? __ldcs(partial + (t0 + k) * n + i) : 0.f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      if (t0 + k < T) s += v[k];
+  }
+  slot[i] = s;
+}
+
 // Parameter gradients from the summed slot, one thread per channel: the sum over the batch in
 // index order, then the chain rule to the raw parameters (in double).
+// A template only so that the definition may appear in several translation units.
+template <int kUnused = 0>
 __global__ void parameter_gradient_kernel(const float* __restrict__ slot, int B, int D, int N,
                                           const float* __restrict__ alpha, const float* __restrict__ delta,
                                           const float* __restrict__ theta, float* __restrict__ dalpha,

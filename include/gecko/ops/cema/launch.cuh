@@ -5,10 +5,11 @@
 //   cuda::backward(args, saved, workspace, bytes, stream)  saved required (from the forward)
 //   cuda::forward_workspace_size(args, [saved,] bytes), cuda::backward_workspace_size(args, bytes)
 //
-// The forward can keep the state after every tile of kTileTokens tokens (Saved::states, fp32,
-// 8 * N bytes per kTileTokens tokens and channel: 1/2 of a bf16 activation at N = 16). The backward
-// reads it for the terms of dq and dg that involve the state entering each tile, so that it can
-// run entirely in reverse time without recomputing any state. See kernel.cuh for the algorithm.
+// The forward keeps the state after every tile of kTileTokens tokens (Saved::states, fp32,
+// 8 * N bytes per kTileTokens tokens and channel: 1/2 of a bf16 activation at N = 16; in the
+// workspace when no Saved is given). The backward reads it for the terms of dq and dg that involve
+// the state entering each tile, so that it runs entirely in reverse time without recomputing any
+// state. See kernel.cuh for the algorithm. Workspace needs no initialisation.
 #pragma once
 
 #include <algorithm>
@@ -40,10 +41,10 @@ inline std::size_t align_up(std::size_t v, std::size_t a) { return (v + a - 1) /
 
 struct Plan {
   kernels::Tiling tl{};
-  int ns = 0;             // states per thread (template parameter of the kernel)
-  std::size_t smem = 0;   // dynamic shared memory per CTA
-  std::size_t zero_bytes = 0;  // ticket, flags, turn: zeroed before every launch
-  std::size_t resets = 0, qg = 0, gp = 0, pw = 0, agg = 0, states = 0, slot = 0, total = 0;
+  int ns = 0;                  // states per thread (template parameter of the tile kernels)
+  std::size_t smem_pass1 = 0;  // dynamic shared memory per CTA of the aggregate kernel
+  std::size_t smem_pass2 = 0;  // ... of the output kernel
+  std::size_t resets = 0, qg = 0, gp = 0, pw = 0, agg = 0, states = 0, enter0 = 0, partial = 0, slot = 0, total = 0;
 };
 
 inline int pow2_at_least(std::int64_t v) {
@@ -81,20 +82,25 @@ Plan make_plan(const Problem& p, bool backward, bool states_in_workspace, bool s
   for (std::int64_t s : strides) vec_ok = vec_ok && s % V == 0;
   tl.vec = vec_ok ? V : 1;
 
-  pl.smem = (backward ? 2 : 1) * static_cast<std::size_t>(kTileTokens) * dc * sizeof(T) + kTileTokens;
+  const std::size_t tile_bytes = static_cast<std::size_t>(kTileTokens) * dc * sizeof(T);
+  pl.smem_pass1 = tile_bytes + kTileTokens;
+  pl.smem_pass2 = (backward ? 2 : 1) * tile_bytes + kTileTokens;
 
   const std::size_t tiles = static_cast<std::size_t>(tl.time_tiles) * tl.chains;
   const std::size_t dn = static_cast<std::size_t>(p.channels * p.states);
-  const std::size_t state_bytes = static_cast<std::size_t>(tl.time_tiles) * p.batch * dn * 8;
-  pl.zero_bytes = align_up(4 * (1 + tiles + (backward ? tl.chains : 0)), 256);
-  pl.resets = pl.zero_bytes;
+  const std::size_t bdn = static_cast<std::size_t>(p.batch) * dn;
+  const std::size_t state_bytes = static_cast<std::size_t>(tl.time_tiles) * bdn * 8;
+  pl.resets = 0;
   pl.qg = align_up(pl.resets + 4 * tiles, 256);
   pl.gp = align_up(pl.qg + 16 * dn, 256);
   pl.pw = align_up(pl.gp + 16 * dn, 256);
   pl.agg = align_up(pl.pw + 8 * dn, 256);
+  // Forward: the per-tile states (unless saved elsewhere); backward: the carries.
   pl.states = align_up(pl.agg + state_bytes, 256);
-  pl.slot = align_up(pl.states + (states_in_workspace ? state_bytes : 0), 256);
-  pl.total = pl.slot + (slot ? 4 * 5 * static_cast<std::size_t>(p.batch) * dn : 0);
+  pl.enter0 = align_up(pl.states + (states_in_workspace ? state_bytes : 0), 256);
+  pl.partial = align_up(pl.enter0 + (backward ? 0 : 8 * bdn), 256);
+  pl.slot = align_up(pl.partial + (slot ? 20 * static_cast<std::size_t>(tl.time_tiles) * bdn : 0), 256);
+  pl.total = pl.slot + (slot ? 20 * bdn : 0);
   return pl;
 }
 
@@ -158,7 +164,7 @@ kernels::Coefficients launch_coefficients(const Args& a, const Problem& p, char*
   auto* gp = reinterpret_cast<float4*>(ws + pl.gp);
   auto* pw = reinterpret_cast<float2*>(ws + pl.pw);
   const long long dn = p.channels * p.states;
-  kernels::coefficient_kernel<<<static_cast<unsigned>((dn + 255) / 256), 256, 0, stream>>>(
+  kernels::coefficient_kernel<><<<static_cast<unsigned>((dn + 255) / 256), 256, 0, stream>>>(
       a.alpha.data, a.delta.data, a.theta.data, a.gamma.data, static_cast<int>(p.channels), static_cast<int>(p.states),
       qg, gp, pw);
   return kernels::Coefficients{qg, gp, pw};
@@ -166,20 +172,40 @@ kernels::Coefficients launch_coefficients(const Args& a, const Problem& p, char*
 
 template <class T, int NS>
 Status launch_forward(const kernels::ForwardParams& kp, const Plan& pl, const T* x, T* y, cudaStream_t stream) {
-  const auto kernel = kernels::forward_kernel<T, NS>;
-  GECKO_RETURN_IF_ERROR(allow_smem(kernel, pl.smem));
-  const unsigned grid = static_cast<unsigned>(static_cast<long long>(pl.tl.time_tiles) * pl.tl.chains);
-  kernel<<<grid, pl.tl.dc * pl.tl.tpc, pl.smem, stream>>>(kp, x, y);
+  const kernels::Tiling& tl = pl.tl;
+  const unsigned threads = static_cast<unsigned>(tl.dc * tl.tpc);
+  if (tl.time_tiles > 1) {
+    const auto k1 = kernels::forward_aggregate_kernel<T, NS>;
+    GECKO_RETURN_IF_ERROR(allow_smem(k1, pl.smem_pass1));
+    k1<<<static_cast<unsigned>((tl.time_tiles - 1) * tl.chains), threads, pl.smem_pass1, stream>>>(kp, x);
+    GECKO_RETURN_IF_ERROR(last_launch_status("cema forward aggregates"));
+  }
+  const long long bdn = static_cast<long long>(tl.batch) * tl.channels * tl.states;
+  kernels::forward_scan_kernel<><<<static_cast<unsigned>((bdn + 255) / 256), 256, 0, stream>>>(kp);
+  GECKO_RETURN_IF_ERROR(last_launch_status("cema forward scan"));
+  const auto k3 = kernels::forward_output_kernel<T, NS>;
+  GECKO_RETURN_IF_ERROR(allow_smem(k3, pl.smem_pass2));
+  k3<<<static_cast<unsigned>(tl.time_tiles * tl.chains), threads, pl.smem_pass2, stream>>>(kp, x, y);
   return last_launch_status("cema forward");
 }
 
 template <class T, bool kGeneral>
 Status launch_backward(const kernels::BackwardParams& kp, const Plan& pl, const T* x, const T* dy, T* dx,
                        cudaStream_t stream) {
-  const auto kernel = kernels::backward_kernel<T, 8, kGeneral>;
-  GECKO_RETURN_IF_ERROR(allow_smem(kernel, pl.smem));
-  const unsigned grid = static_cast<unsigned>(static_cast<long long>(pl.tl.time_tiles) * pl.tl.chains);
-  kernel<<<grid, pl.tl.dc * pl.tl.tpc, pl.smem, stream>>>(kp, x, dy, dx);
+  const kernels::Tiling& tl = pl.tl;
+  const unsigned threads = static_cast<unsigned>(tl.dc * tl.tpc);
+  if (tl.time_tiles > 1) {
+    const auto k1 = kernels::backward_aggregate_kernel<T, 8, kGeneral>;
+    GECKO_RETURN_IF_ERROR(allow_smem(k1, pl.smem_pass1));
+    k1<<<static_cast<unsigned>((tl.time_tiles - 1) * tl.chains), threads, pl.smem_pass1, stream>>>(kp, dy);
+    GECKO_RETURN_IF_ERROR(last_launch_status("cema backward aggregates"));
+  }
+  const long long bdn = static_cast<long long>(tl.batch) * tl.channels * tl.states;
+  kernels::backward_scan_kernel<kGeneral><<<static_cast<unsigned>((bdn + 255) / 256), 256, 0, stream>>>(kp);
+  GECKO_RETURN_IF_ERROR(last_launch_status("cema backward scan"));
+  const auto k3 = kernels::backward_output_kernel<T, 8, kGeneral>;
+  GECKO_RETURN_IF_ERROR(allow_smem(k3, pl.smem_pass2));
+  k3<<<static_cast<unsigned>(tl.time_tiles * tl.chains), threads, pl.smem_pass2, stream>>>(kp, x, dy, dx);
   return last_launch_status("cema backward");
 }
 
@@ -232,7 +258,6 @@ Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std
     return Status::success();
   }
   char* ws = static_cast<char*>(workspace);
-  GECKO_CUDA_RETURN(cudaMemsetAsync(ws, 0, pl.zero_bytes, stream));
   kernels::ForwardParams kp{};
   kp.tl = pl.tl;
   kp.x_sb = a.x.stride(0);
@@ -244,9 +269,8 @@ Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std
   kp.h0 = reinterpret_cast<const float2*>(a.h0.data);
   kp.h_out = reinterpret_cast<float2*>(a.h_out.data);
   kp.states = in_ws ? reinterpret_cast<float2*>(ws + pl.states) : reinterpret_cast<float2*>(saved.states.data);
+  kp.enter0 = reinterpret_cast<float2*>(ws + pl.enter0);
   kp.agg = reinterpret_cast<float2*>(ws + pl.agg);
-  kp.ticket = reinterpret_cast<unsigned*>(ws);
-  kp.flags = kp.ticket + 1;
   kp.resets = reinterpret_cast<unsigned*>(ws + pl.resets);
   kp.cf = detail::launch_coefficients(a, p, ws, pl, stream);
   GECKO_RETURN_IF_ERROR(last_launch_status("cema coefficients"));
@@ -308,7 +332,6 @@ Status backward(const BackwardArgs<T>& a, const Saved& saved, void* workspace, s
     return Status::success();
   }
   char* ws = static_cast<char*>(workspace);
-  GECKO_CUDA_RETURN(cudaMemsetAsync(ws, 0, pl.zero_bytes, stream));
   kernels::BackwardParams kp{};
   kp.tl = pl.tl;
   kp.x_sb = a.x.stride(0);
@@ -324,11 +347,8 @@ Status backward(const BackwardArgs<T>& a, const Saved& saved, void* workspace, s
   kp.states = reinterpret_cast<const float2*>(saved.states.data);
   kp.dh0 = reinterpret_cast<float2*>(a.dh0.data);
   kp.agg = reinterpret_cast<float2*>(ws + pl.agg);
-  kp.incl = reinterpret_cast<float2*>(ws + pl.states);
-  kp.slot = grads ? reinterpret_cast<float*>(ws + pl.slot) : nullptr;
-  kp.ticket = reinterpret_cast<unsigned*>(ws);
-  kp.flags = kp.ticket + 1;
-  kp.turn = kp.flags + static_cast<std::size_t>(pl.tl.time_tiles) * pl.tl.chains;
+  kp.carry = reinterpret_cast<float2*>(ws + pl.states);
+  kp.partial = grads ? reinterpret_cast<float*>(ws + pl.partial) : nullptr;
   kp.resets = reinterpret_cast<unsigned*>(ws + pl.resets);
   kp.cf = detail::launch_coefficients(a, p, ws, pl, stream);
   GECKO_RETURN_IF_ERROR(last_launch_status("cema coefficients"));
@@ -338,8 +358,15 @@ Status backward(const BackwardArgs<T>& a, const Saved& saved, void* workspace, s
     GECKO_RETURN_IF_ERROR((detail::launch_backward<T, true>(kp, pl, a.x.data, a.dy.data, a.dx.data, stream)));
   }
   if (grads) {
-    kernels::parameter_gradient_kernel<<<static_cast<unsigned>((p.channels + 127) / 128), 128, 0, stream>>>(
-        kp.slot, static_cast<int>(p.batch), static_cast<int>(p.channels), static_cast<int>(p.states), a.alpha.data,
+    // Sum the per-tile contributions over time (in tile order), then over the batch and through
+    // the chain rule (in index order): deterministic without atomics.
+    float* slot = reinterpret_cast<float*>(ws + pl.slot);
+    const long long dn = p.channels * p.states, n = p.batch * 5 * dn;
+    kernels::reduce_partials_kernel<><<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(
+        kp.partial, pl.tl.time_tiles, static_cast<int>(p.batch), dn, slot);
+    GECKO_RETURN_IF_ERROR(last_launch_status("cema gradient sums"));
+    kernels::parameter_gradient_kernel<><<<static_cast<unsigned>((p.channels + 127) / 128), 128, 0, stream>>>(
+        slot, static_cast<int>(p.batch), static_cast<int>(p.channels), static_cast<int>(p.states), a.alpha.data,
         a.delta.data, a.theta.data, a.dalpha.data, a.ddelta.data, a.dtheta.data, a.dgamma.data);
     GECKO_RETURN_IF_ERROR(last_launch_status("cema parameter gradients"));
   }
