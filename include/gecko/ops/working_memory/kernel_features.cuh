@@ -1,0 +1,353 @@
+// The feature maps of adaptive working memory (spec 2.2) and the per-feature statistics, in three
+// memory-bound passes that do not depend on the dv columns (so they run once, not once per slice):
+//
+//   feature_rows_kernel  q̂ = softmax over features of each query row (zero where the output mask
+//                        drops the token), k̂ likewise for each key row of an absorbed chunk, and
+//                        per 64-token block the column statistics (max, sum exp) over the block's
+//                        unmasked tokens for each feature;
+//   stats_kernel         ℓ = logsumexp over the chunk (combining the blocks in a fixed order), the
+//                        resets, and the log-normaliser recurrence A' = logaddexp(ℓ, Ā), ρ = exp(ℓ - A');
+//   kappa_kernel         κ = exp(ak - ℓ) (0 for key-masked tokens), token-major like k̂.
+//
+// grad_stats_kernel runs the backward of the log-normaliser recurrence (spec 2.7: gρ, gA⁺, gℓ, and
+// s = Σ_t gκ κ for the softmax-over-time backward) from per-slice row sums, in a fixed order.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "gecko/ops/working_memory/kernel_common.cuh"
+
+namespace gecko::working_memory::kernels {
+
+inline constexpr int kRowBlock = 64;  // tokens per block of the row kernels and the column statistics
+
+struct FeatParams {
+  int B = 0, H = 0, dk = 0;
+  std::int64_t chunk = 0;
+  // Queries: rows [q_row0, q_row0 + q_rows) of aq get a q̂ row (the others are never read).
+  const void* aq = nullptr;
+  std::int64_t aq_sb = 0, aq_sh = 0, aq_st = 0;
+  std::int64_t q_row0 = 0, q_rows = 0;
+  int q_blocks = 0;                   // per (b, h)
+  void* qhat = nullptr;               // [B, H, Lq, dk]
+  std::int64_t qhat_bh = 0;           // Lq * dk
+  // Keys of the absorbed chunks a = 0 .. nabs-1 (source chunk a - hs; -1 = prev_k).
+  const void* ak = nullptr;
+  std::int64_t ak_sb = 0, ak_sh = 0, ak_st = 0;
+  const void* pk = nullptr;
+  std::int64_t pk_sb = 0, pk_sh = 0, pk_st = 0;
+  int nabs = 0, hs = 0;
+  void* khat = nullptr;               // [B, H, nabs * C, dk]
+  float2* kstat = nullptr;            // [B, H, nabs, C / 64, dk] (max, sum exp(x - max))
+  Docs docs;
+};
+
+template <class T>
+__device__ __forceinline__ const T* key_row(const FeatParams& p, int b, int h, int pc, std::int64_t t) {
+  if (pc >= 0)
+    return static_cast<const T*>(p.ak) + b * p.ak_sb + h * p.ak_sh + (pc * p.chunk + t) * p.ak_st;
+  return static_cast<const T*>(p.pk) + b * p.pk_sb + h * p.pk_sh + t * p.pk_st;
+}
+
+// Loads one row of dk features: lane holds pairs (2 lane + 64 k, +1), k < dk / 64.
+template <class T>
+__device__ __forceinline__ void load_row(const T* src, int lane, int npair, float (&x)[8]) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (k < npair) {
+      const float2 v = load2<T>(src + 2 * lane + 64 * k);
+      x[2 * k] = v.x;
+      x[2 * k + 1] = v.y;
+    } else {
+      x[2 * k] = x[2 * k + 1] = -INFINITY;
+    }
+  }
+}
+
+// Softmax of a row held as in load_row; writes T to dst (or zeros when masked).
+template <class T>
+__device__ __forceinline__ void softmax_row(const float (&x)[8], int lane, int npair, bool zero, T* dst) {
+  float m = -INFINITY;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) m = fmaxf(m, x[e]);
+  m = warp_max(m);
+  float y[8], s = 0.f;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    y[e] = (e >> 1) < npair ? expf(x[e] - m) : 0.f;
+    s += y[e];
+  }
+  const float inv = zero ? 0.f : 1.f / warp_sum(s);
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+    if (k < npair) store2<T>(dst + 2 * lane + 64 * k, y[2 * k] * inv, y[2 * k + 1] * inv);
+}
+
+// Blocks [0, B*H*q_blocks) are query blocks, the rest key blocks (b, h, a, 64-token block).
+template <class T>
+__global__ void __launch_bounds__(kThreads) feature_rows_kernel(const __grid_constant__ FeatParams p) {
+  __shared__ float sm_m[8][256], sm_s[8][256];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int dk = p.dk, npair = dk / 64;
+  const std::int64_t C = p.chunk;
+  std::int64_t blk = blockIdx.x;
+  const std::int64_t nq = static_cast<std::int64_t>(p.B) * p.H * p.q_blocks;
+  if (blk < nq) {
+    const int bh = static_cast<int>(blk / p.q_blocks), qb = static_cast<int>(blk % p.q_blocks);
+    const int b = bh / p.H, h = bh % p.H;
+    const std::int64_t end = p.q_row0 + p.q_rows;
+    float x[8][8];
+    bool masked[8];
+#pragma unroll
+    for (int rr = 0; rr < 8; ++rr) {
+      const std::int64_t t = p.q_row0 + qb * kRowBlock + warp * 8 + rr;
+      masked[rr] = false;
+      if (t < end) {
+        load_row<T>(static_cast<const T*>(p.aq) + b * p.aq_sb + h * p.aq_sh + t * p.aq_st, lane, npair, x[rr]);
+        std::int64_t id;
+        if (p.docs.last(b, t / C - 2, id)) masked[rr] = p.docs.token(b, t) != id;
+      }
+    }
+#pragma unroll
+    for (int rr = 0; rr < 8; ++rr) {
+      const std::int64_t t = p.q_row0 + qb * kRowBlock + warp * 8 + rr;
+      if (t < end)
+        softmax_row<T>(x[rr], lane, npair, masked[rr], static_cast<T*>(p.qhat) + bh * p.qhat_bh + t * dk);
+    }
+    return;
+  }
+  blk -= nq;
+  const int kbn = static_cast<int>(C / kRowBlock);
+  const int kb = static_cast<int>(blk % kbn);
+  const int a = static_cast<int>((blk / kbn) % p.nabs);
+  const int bh = static_cast<int>(blk / (static_cast<std::int64_t>(kbn) * p.nabs));
+  const int b = bh / p.H, h = bh % p.H;
+  const int pc = a - p.hs;  // the source chunk (-1: prev_k)
+  std::int64_t doc = 0;
+  const bool docs = p.docs.last(b, pc, doc);
+  float x[8][8];
+  bool masked[8];
+#pragma unroll
+  for (int rr = 0; rr < 8; ++rr) {
+    const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
+    load_row<T>(key_row<T>(p, b, h, pc, t), lane, npair, x[rr]);
+    masked[rr] = docs && p.docs.chunk_token(b, pc, t) != doc;
+  }
+  T* khat = static_cast<T*>(p.khat) + ((static_cast<std::int64_t>(bh) * p.nabs + a) * C) * dk;
+  float cm[8], cs[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    cm[e] = -INFINITY;
+    cs[e] = 0.f;
+  }
+#pragma unroll
+  for (int rr = 0; rr < 8; ++rr) {
+    const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
+    softmax_row<T>(x[rr], lane, npair, false, khat + t * dk);
+    if (!masked[rr]) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float v = x[rr][e];
+        if (v > cm[e]) {
+          cs[e] = cs[e] * expf(cm[e] - v) + 1.f;
+          cm[e] = v;
+        } else {
+          cs[e] += expf(v - cm[e]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+    if (k < npair) {
+      sm_m[warp][2 * lane + 64 * k] = cm[2 * k];
+      sm_m[warp][2 * lane + 64 * k + 1] = cm[2 * k + 1];
+      sm_s[warp][2 * lane + 64 * k] = cs[2 * k];
+      sm_s[warp][2 * lane + 64 * k + 1] = cs[2 * k + 1];
+    }
+  __syncthreads();
+  for (int f = threadIdx.x; f < dk; f += kThreads) {
+    float m = -INFINITY;
+    for (int w = 0; w < 8; ++w) m = fmaxf(m, sm_m[w][f]);
+    float s = 0.f;
+    if (m != -INFINITY)
+      for (int w = 0; w < 8; ++w)
+        if (sm_m[w][f] != -INFINITY) s += sm_s[w][f] * expf(sm_m[w][f] - m);
+    p.kstat[((static_cast<std::int64_t>(bh) * p.nabs + a) * kbn + kb) * dk + f] = make_float2(m, s);
+  }
+}
+
+struct StatsParams {
+  int B = 0, H = 0, dk = 0, nabs = 0, kbn = 0, j0 = 0;
+  bool has_state = false;
+  const float* log_norm = nullptr;  // [B, H, dk] or null (no state: -inf)
+  std::int64_t ln_sb = 0, ln_sh = 0;
+  float* log_norm_out = nullptr;    // or null
+  std::int64_t lo_sb = 0, lo_sh = 0;
+  const float2* kstat = nullptr;
+  float* ell = nullptr;             // [B, H, nabs, dk]
+  float* rho = nullptr;
+  float* abar = nullptr;            // backward only: Ā and A' per step
+  float* anew = nullptr;
+  std::uint8_t* resets = nullptr;   // [B, nabs]
+  Docs docs;
+};
+
+// One CTA per (b, h), one thread per feature: absorb step a (step j = a + j0, chunk j - 1).
+template <int kUnused = 0>  // a template: header-defined kernels must not clash at link time
+__global__ void __launch_bounds__(kThreads) stats_kernel(const __grid_constant__ StatsParams p) {
+  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H, i = threadIdx.x;
+  float A = -INFINITY;
+  if (i < p.dk && p.log_norm) A = p.log_norm[b * p.ln_sb + h * p.ln_sh + i];
+  for (int a = 0; a < p.nabs; ++a) {
+    const int j = a + p.j0;
+    std::int64_t s2 = 0, s1 = 0;
+    const bool reset = p.docs.last(b, j - 2, s2) && p.docs.last(b, j - 1, s1) && s2 != s1;
+    if (h == 0 && i == 0) p.resets[b * p.nabs + a] = reset ? 1 : 0;
+    if (i >= p.dk) continue;
+    const std::int64_t row = (static_cast<std::int64_t>(bh) * p.nabs + a) * p.dk + i;
+    const float2* ks = p.kstat + (static_cast<std::int64_t>(bh) * p.nabs + a) * p.kbn * p.dk + i;
+    float m = -INFINITY;
+    for (int k = 0; k < p.kbn; ++k) m = fmaxf(m, ks[k * p.dk].x);
+    float s = 0.f;
+    for (int k = 0; k < p.kbn; ++k) {
+      const float2 v = ks[k * p.dk];
+      if (v.x != -INFINITY) s += v.y * expf(v.x - m);
+    }
+    const float ell = m + logf(s);  // the chunk's last token is never masked: finite
+    if (reset) A = -INFINITY;
+    const float hi = fmaxf(ell, A), lo = fminf(ell, A);
+    const float a_new = hi + log1pf(expf(lo - hi));
+    p.ell[row] = ell;
+    p.rho[row] = expf(ell - a_new);
+    if (p.abar) {
+      p.abar[row] = A;
+      p.anew[row] = a_new;
+    }
+    A = a_new;
+  }
+  if (i < p.dk && p.log_norm_out) p.log_norm_out[b * p.lo_sb + h * p.lo_sh + i] = A;
+}
+
+struct KappaParams {
+  int B = 0, H = 0, dk = 0, nabs = 0, hs = 0;
+  std::int64_t chunk = 0;
+  const void* ak = nullptr;
+  std::int64_t ak_sb = 0, ak_sh = 0, ak_st = 0;
+  const void* pk = nullptr;
+  std::int64_t pk_sb = 0, pk_sh = 0, pk_st = 0;
+  const float* ell = nullptr;  // [B, H, nabs, dk]
+  void* kappa = nullptr;       // [B, H, nabs * C, dk]
+  Docs docs;
+};
+
+// Blocks (b, h, a, 64-token block); each warp writes 8 rows of κ.
+template <class T>
+__global__ void __launch_bounds__(kThreads) kappa_kernel(const __grid_constant__ KappaParams p) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int dk = p.dk, npair = dk / 64;
+  const std::int64_t C = p.chunk;
+  const int kbn = static_cast<int>(C / kRowBlock);
+  const std::int64_t blk = blockIdx.x;
+  const int kb = static_cast<int>(blk % kbn);
+  const int a = static_cast<int>((blk / kbn) % p.nabs);
+  const int bh = static_cast<int>(blk / (static_cast<std::int64_t>(kbn) * p.nabs));
+  const int b = bh / p.H, h = bh % p.H;
+  const int pc = a - p.hs;
+  std::int64_t doc = 0;
+  const bool docs = p.docs.last(b, pc, doc);
+  const float* ell = p.ell + (static_cast<std::int64_t>(bh) * p.nabs + a) * dk;
+  float l[8];
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+    if (k < npair) {
+      const float2 v = *reinterpret_cast<const float2*>(ell + 2 * lane + 64 * k);
+      l[2 * k] = v.x;
+      l[2 * k + 1] = v.y;
+    }
+  FeatParams fp;  // key_row's view of the sources
+  fp.chunk = C;
+  fp.ak = p.ak;
+  fp.ak_sb = p.ak_sb;
+  fp.ak_sh = p.ak_sh;
+  fp.ak_st = p.ak_st;
+  fp.pk = p.pk;
+  fp.pk_sb = p.pk_sb;
+  fp.pk_sh = p.pk_sh;
+  fp.pk_st = p.pk_st;
+  float x[8][8];
+  bool masked[8];
+#pragma unroll
+  for (int rr = 0; rr < 8; ++rr) {
+    const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
+    load_row<T>(key_row<T>(fp, b, h, pc, t), lane, npair, x[rr]);
+    masked[rr] = docs && p.docs.chunk_token(b, pc, t) != doc;
+  }
+  T* kappa = static_cast<T*>(p.kappa) + ((static_cast<std::int64_t>(bh) * p.nabs + a) * C) * dk;
+#pragma unroll
+  for (int rr = 0; rr < 8; ++rr) {
+    const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (k < npair) {
+        const float v0 = masked[rr] ? 0.f : expf(x[rr][2 * k] - l[2 * k]);
+        const float v1 = masked[rr] ? 0.f : expf(x[rr][2 * k + 1] - l[2 * k + 1]);
+        store2<T>(kappa + t * dk + 2 * lane + 64 * k, v0, v1);
+      }
+  }
+}
+
+struct GradStatsParams {
+  int B = 0, H = 0, dk = 0, nabs = 0, nsl = 0;
+  const float* parts = nullptr;         // [B, H, nabs, 2, nsl, dk]: Σ gM∘R and Σ gM∘M̄ per slice
+  const float* rho = nullptr;           // [B, H, nabs, dk]
+  const float* abar = nullptr;
+  const float* anew = nullptr;
+  const std::uint8_t* resets = nullptr; // [B, nabs]
+  const float* dln_out = nullptr;       // [B, H, dk] or null (= 0)
+  std::int64_t do_sb = 0, do_sh = 0;
+  float* dln = nullptr;                 // [B, H, dk] or null (no carried state)
+  std::int64_t dl_sb = 0, dl_sh = 0;
+  float* gell = nullptr;                // [B, H, nabs, dk]
+  float* svec = nullptr;                // [B, H, nabs, dk]
+};
+
+template <int kUnused = 0>
+__global__ void __launch_bounds__(kThreads) grad_stats_kernel(const __grid_constant__ GradStatsParams p) {
+  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H, i = threadIdx.x;
+  if (i >= p.dk) return;
+  float ga = p.dln_out ? p.dln_out[b * p.do_sb + h * p.do_sh + i] : 0.f;
+  for (int a = p.nabs - 1; a >= 0; --a) {
+    const std::int64_t row = (static_cast<std::int64_t>(bh) * p.nabs + a) * p.dk + i;
+    const float* pr = p.parts + (static_cast<std::int64_t>(bh) * p.nabs + a) * 2 * p.nsl * p.dk + i;
+    float g_rho = 0.f, t = 0.f;
+    for (int s = 0; s < p.nsl; ++s) g_rho += pr[s * p.dk];
+    for (int s = 0; s < p.nsl; ++s) t += pr[(p.nsl + s) * p.dk];
+    const float rho = p.rho[row];
+    const float g_plus = ga - g_rho * rho;
+    p.gell[row] = rho * (g_plus + g_rho);
+    p.svec[row] = rho * (g_rho + t);  // Σ_t gκ κ = Σ_c gU ∘ U, U = R + M̄, gU = ρ gM
+    ga = p.resets[b * p.nabs + a] ? 0.f : g_plus * expf(p.abar[row] - p.anew[row]);
+  }
+  if (p.dln) p.dln[b * p.dl_sb + h * p.dl_sh + i] = ga;
+}
+
+// Zeroes rows [r0, r0 + rows) of a token-major [B, *, H, d] tensor.
+template <class T>
+__global__ void zero_rows_kernel(T* x, std::int64_t sb, std::int64_t st, std::int64_t sh, int B, int H,
+                                 std::int64_t r0, std::int64_t rows, int d) {
+  const std::int64_t n = static_cast<std::int64_t>(B) * rows * H * d;
+  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>(e % d);
+    std::int64_t z = e / d;
+    const int h = static_cast<int>(z % H);
+    z /= H;
+    const std::int64_t r = z % rows;
+    const int b = static_cast<int>(z / rows);
+    x[b * sb + (r0 + r) * st + h * sh + c] = from_float<T>(0.f);
+  }
+}
+
+}  // namespace gecko::working_memory::kernels
