@@ -11,6 +11,12 @@ export LD_LIBRARY_PATH="$HERE${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export GECKO_REQUIRE_GPU=1 GECKO_GOLDEN_DIR="$HERE/golden"
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
+# Binaries travel xz-compressed (scripts/gpu_bundle.sh).
+for f in "$HERE"/*.xz; do
+  [ -e "$f" ] || continue
+  if command -v xz >/dev/null; then xz -d -f -k "$f"; else python3 -c "import lzma,sys; open(sys.argv[1][:-3],'wb').write(lzma.open(sys.argv[1]).read())" "$f"; fi
+  chmod +x "${f%.xz}"
+done
 status=0
 step() { echo "== $*" | tee -a "$LOG"; }
 
@@ -24,8 +30,8 @@ step "gpu tests"
 if [ "${GECKO_SKIP_SANITIZER:-0}" != 1 ]; then
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool"
-    compute-sanitizer --tool "$tool" --error-exitcode 9 "$HERE/gecko_gpu_tests" ${GECKO_SANITIZER_ARGS:-} \
-      >"$OUT/sanitizer_$tool.log" 2>&1
+    timeout "${GECKO_SANITIZER_TIMEOUT:-600}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      "$HERE/gecko_gpu_tests" ${GECKO_SANITIZER_ARGS:-} >"$OUT/sanitizer_$tool.log" 2>&1
     rc=$?
     tail -3 "$OUT/sanitizer_$tool.log" | tee -a "$LOG"
     [ $rc -eq 0 ] || { status=1; echo "SANITIZER $tool FAILED (rc $rc)" | tee -a "$LOG"; }
@@ -34,6 +40,11 @@ fi
 
 step "demo"
 "$HERE/gecko_demo" 2>&1 | tee -a "$LOG"
+
+if [ "${GECKO_SKIP_PEER:-0}" != 1 ] && python3 -c "import torch" 2>/dev/null; then
+  step "peer: Llama2-7B block (PyTorch SDPA)"
+  python3 "$HERE/llama2_block.py" "$OUT/llama2_block.json" 4096 16384 32768 2>&1 | tee -a "$LOG"
+fi
 
 step "benchmarks"
 CARD="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"

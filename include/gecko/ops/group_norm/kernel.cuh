@@ -191,6 +191,7 @@ __global__ void __launch_bounds__(1024) backward_rows_kernel(RowParams p, const 
 }
 
 // out[col] = sum over parts of partial[part * channels + col], in part order.
+template <int kUnused = 0>  // a template: header-defined kernels must not clash at link time
 __global__ void sum_partials_kernel(const float* __restrict__ partial, int parts, int channels,
                                     float* __restrict__ out) {
   const int col = blockIdx.x * blockDim.x + threadIdx.x;

@@ -869,6 +869,7 @@ __global__ void __launch_bounds__(256) backward_kernel(BackwardParams p, const T
 }
 
 // out[c] = sum over parts of partial[part * channels + c], in part order (deterministic).
+template <int kUnused = 0>  // a template: header-defined kernels must not clash at link time
 __global__ void sum_parts_kernel(const float* __restrict__ partial, long long parts, int channels,
                                  float* __restrict__ out) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;

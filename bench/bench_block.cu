@@ -1,0 +1,104 @@
+// The Gecko block (MEGA layer + SwiGLU feed-forward) at the 7B shapes, bf16, batch 1: forward and
+// forward+backward, tokens/s, model FLOP/s and memory. The authors' block (their kernels plus
+// PyTorch) on an H100 took 7.07 / 28.81 / 60.15 ms forward and 23.09 / 92.76 / 186.89 ms
+// forward+backward at L = 4096 / 16384 / 32768 (../shared/PERFORMANCE.md); a Llama2-7B block runs
+// beside this binary in the same device session (bench/llama2_block.py).
+#include <map>
+
+#include "bench_common.cuh"
+#include "gecko/layers/block/args.hpp"
+#include "gecko/layers/cuda/block.cuh"
+#include "gecko/layers/init.hpp"
+
+namespace gecko::bench {
+namespace {
+
+using T = __nv_bfloat16;
+
+struct Model {
+  layers::GeckoConfig cfg;  // the 7B defaults
+  layers::cuda::DeviceParameters<T> params;
+  layers::cuda::DeviceGradients grads;
+  linear::cuda::Context ctx;
+  std::size_t param_bytes = 0;
+};
+
+Model& model() {
+  static Model* m = [] {
+    auto* m = new Model;
+    throw_if_error(m->ctx.init());
+    auto host = layers::block::make_parameters(m->cfg);
+    layers::init_parameters(host, 1);
+    throw_if_error(m->params.upload(host));
+    throw_if_error(m->grads.allocate(host));
+    m->param_bytes = static_cast<std::size_t>(host.numel()) * (sizeof(T) + 4);
+    return m;
+  }();
+  return *m;
+}
+
+// Forward FLOPs per token: the projections plus the useful attention and memory products.
+double forward_flops(const layers::GeckoConfig& c, std::int64_t L) {
+  const double D = c.model_dim, Z = c.z_dim, E = c.value_dim, F = c.ffn_hidden_dim, H = c.num_heads;
+  const double dk = c.z_head_dim(), dv = c.v_head_dim(), C = c.chunk_size;
+  const double proj = 2.0 * (D * Z + 2 * D * E + D * D + E * D + 3 * D * F);
+  const double chunks = static_cast<double>(L) / C;
+  // Sliding chunk attention: chunk 0 sees C/2 keys on average, later chunks 1.5 C.
+  const double sca = H * 2.0 * C * (C / 2 + (chunks - 1) * 1.5 * C) * (dk + dv) / static_cast<double>(L);
+  const double awm = H * 3 * 2.0 * dk * dv;
+  return (proj + sca + awm) * static_cast<double>(L);
+}
+
+void BM_block(benchmark::State& state, bool backward) {
+  add_device_context();
+  Model& m = model();
+  const std::int64_t B = 1, L = state.range(0), D = m.cfg.model_dim;
+  const std::size_t n = static_cast<std::size_t>(B * L * D);
+  std::vector<T> host(n);
+  for (std::size_t i = 0; i < n; ++i) host[i] = from_float<T>(static_cast<float>((i * 2654435761u) % 2000) / 1000.f - 1.f);
+  DeviceBuffer<T> x, out(n), dout, dx(n);
+  x.upload(host);
+  dout.upload(host);
+  layers::cuda::BlockCall<T> call;
+  call.x = TensorView<const T>::device(x.data(), {B, L, D});
+  layers::cuda::BlockPlan plan;
+  throw_if_error(layers::cuda::block_plan(m.ctx, m.cfg, m.params, call, plan));
+  DeviceBuffer<char> act(plan.activation_bytes), ws(plan.workspace_bytes);
+  auto fwd = [&] {
+    throw_if_error(layers::cuda::block_forward(m.ctx, m.cfg, m.params, call, out.view({B, L, D}), act.data(), act.size(),
+                                               ws.data(), ws.size(), nullptr));
+  };
+  auto bwd = [&] {
+    throw_if_error(layers::cuda::block_backward(m.ctx, m.cfg, m.params, m.grads, call,
+                                                TensorView<const T>::device(dout.data(), {B, L, D}),
+                                                dx.view({B, L, D}), act.data(), act.size(), ws.data(), ws.size(),
+                                                nullptr));
+  };
+  const double flops = forward_flops(m.cfg, L) * (backward ? 3.0 : 1.0);
+  run_timed(
+      state,
+      [&](int) {
+        fwd();
+        if (backward) bwd();
+      },
+      1, {0, flops});
+  const double ms = state.counters["median_ms"];
+  state.counters["tokens/s"] = static_cast<double>(L) / (ms * 1e-3);
+  state.counters["MFU_989"] = flops / (ms * 1e-3) / 989.4e12;  // H100 SXM dense bf16 peak
+  state.counters["activation_GiB"] = plan.activation_bytes / 1073741824.0;
+  state.counters["workspace_GiB"] = plan.workspace_bytes / 1073741824.0;
+  state.counters["params+grads_GiB"] = m.param_bytes / 1073741824.0;
+  static const std::map<std::int64_t, std::pair<double, double>> authors = {
+      {4096, {7.07, 23.09}}, {16384, {28.81, 92.76}}, {32768, {60.15, 186.89}}};
+  auto it = authors.find(L);
+  if (it != authors.end())
+    state.counters["speedup_vs_authors"] = (backward ? it->second.second : it->second.first) / ms;
+}
+
+BENCHMARK_CAPTURE(BM_block, fwd_bf16, false)
+    ->Arg(4096)->Arg(16384)->Arg(32768)->Arg(131072)->ArgName("L")->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_block, fwd_bwd_bf16, true)
+    ->Arg(4096)->Arg(16384)->Arg(32768)->Arg(131072)->ArgName("L")->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace gecko::bench

@@ -1,0 +1,626 @@
+// The Gecko block on the GPU, training path: MEGA layer then normalized SwiGLU feed-forward,
+// forward and backward with every parameter gradient, composed from the CUDA ops.
+//
+//   MEGA:  xn = tsnorm(x); xc = cema(xn) + xn; mx = rmsnorm(xc); z = wz(mx);
+//          q, k, aq, ak = views(znorm(z)); v = silu(wv(xn)); r_pre = wr(mx);
+//          attn = sca(rope(q), rope(k), v) * silu(r_pre) + awm(aq, ak, v);
+//          y = wh1(mx) + wh2(attn) + x
+//   NFFN:  u = layernorm(y); out = fc2(silu(fc1(u)) * fc3(u)) + y
+//
+// Memory: everything lives in two caller-owned regions whose sizes plan() returns. The
+// activation region holds what the forward saves for the backward (about 164 KB per token at the
+// 7B shapes in bf16, plus small fp32 statistics); the workspace is scratch reused by every op.
+// Nothing is allocated, nothing synchronizes. Training path: whole chunks from position 0, no
+// carried state (the streaming inference path keeps the CPU State's contract and is separate).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <map>
+#include <string>
+
+#include "gecko/core/elementwise.cuh"
+#include "gecko/layers/block/args.hpp"
+#include "gecko/layers/config.hpp"
+#include "gecko/layers/cuda/arena.hpp"
+#include "gecko/layers/cuda/device_parameters.cuh"
+#include "gecko/layers/cuda/stage.cuh"
+#include "gecko/ops/cema/launch.cuh"
+#include "gecko/ops/gated_combine/launch.cuh"
+#include "gecko/ops/group_norm/launch.cuh"
+#include "gecko/ops/linear/launch.cuh"
+#include "gecko/ops/qk_views/launch.cuh"
+#include "gecko/ops/sliding_chunk_attention/launch.cuh"
+#include "gecko/ops/swiglu/launch.cuh"
+#include "gecko/ops/timestep_norm/launch.cuh"
+#include "gecko/ops/working_memory/launch.cuh"
+
+namespace gecko::layers::cuda {
+
+struct Dims {
+  std::int64_t B, L, D, Z, E, H, dz, dv, N, C, G, F;
+  std::int64_t rows() const { return B * L; }
+  static Dims of(const GeckoConfig& c, std::int64_t B, std::int64_t L) {
+    return Dims{B, L, c.model_dim, c.z_dim, c.value_dim, c.num_heads, c.z_head_dim(), c.v_head_dim(),
+                c.cema_ndim, c.chunk_size, c.timenorm_num_groups, c.ffn_hidden_dim};
+  }
+};
+
+// What the forward keeps for the backward (views into the activation region).
+template <class T>
+struct BlockActivations {
+  // MEGA
+  T *xn, *xc, *mx, *z, *q, *k, *aq, *ak, *v_pre, *v, *r_pre, *o_sca, *attn, *y;
+  float *tn_stats, *tn_corr, *cema_states, *lse;
+  // NFFN
+  T *u, *a, *b, *hidden;
+
+  static BlockActivations carve(Arena& act, const Dims& d) {
+    BlockActivations s{};
+    const std::size_t r = static_cast<std::size_t>(d.rows());
+    s.xn = act.take<T>(r * d.D);
+    s.xc = act.take<T>(r * d.D);
+    s.mx = act.take<T>(r * d.D);
+    s.z = act.take<T>(r * d.Z);
+    s.q = act.take<T>(r * d.Z);
+    s.k = act.take<T>(r * d.Z);
+    s.aq = act.take<T>(r * d.Z);
+    s.ak = act.take<T>(r * d.Z);
+    s.v_pre = act.take<T>(r * d.E);
+    s.v = act.take<T>(r * d.E);
+    s.r_pre = act.take<T>(r * d.E);
+    s.o_sca = act.take<T>(r * d.E);
+    s.attn = act.take<T>(r * d.E);
+    s.y = act.take<T>(r * d.D);
+    s.tn_stats = act.take<float>(r * d.G * 2);
+    s.tn_corr = act.take<float>(r * 2);
+    s.cema_states = act.take<float>(static_cast<std::size_t>(cema::cuda::time_tiles(d.L)) * d.B * d.D * d.N * 2);
+    s.lse = act.take<float>(r * d.H);
+    s.u = act.take<T>(r * d.D);
+    s.a = act.take<T>(r * d.F);
+    s.b = act.take<T>(r * d.F);
+    s.hidden = act.take<T>(r * d.F);
+    return s;
+  }
+};
+
+namespace detail {
+
+struct AddOp {
+  __device__ void operator()(const float (&in)[2], float (&out)[1]) const { out[0] = in[0] + in[1]; }
+};
+
+// out = a + b over rows x cols (dense), in T.
+template <class T>
+Status add(Arena& ws, T* out, const T* a, const T* b, std::int64_t rows, std::int64_t cols, cudaStream_t st) {
+  return stage(ws, [&] {
+    elementwise::Problem<T, 2, 1> p;
+    p.rows = rows;
+    p.cols = cols;
+    p.in[0] = a;
+    p.in[1] = b;
+    p.in_stride[0] = p.in_stride[1] = cols;
+    p.out[0] = out;
+    p.out_stride[0] = cols;
+    return elementwise::map(p, AddOp{}, st, "residual add");
+  });
+}
+
+template <class T>
+Status linear_forward(linear::cuda::Context& ctx, Arena& ws, linear::Epilogue ep, const T* x, std::int64_t rows,
+                      std::int64_t in, const TensorView<const T>& w, const TensorView<const T>& bias, T* y,
+                      std::int64_t out, T* pre, cudaStream_t st) {
+  linear::ForwardArgs<T> a;
+  a.epilogue = ep;
+  a.x = TensorView<const T>::device(x, {rows, in});
+  a.weight = w;
+  if (linear::has_bias(ep)) a.bias = bias;
+  a.y = TensorView<T>::device(y, {rows, out});
+  if (pre) a.pre = TensorView<T>::device(pre, {rows, out});
+  return stage(
+      ws, [&](std::size_t& b) { return linear::cuda::forward_workspace_size(ctx, a, b); },
+      [&](void* p, std::size_t b) { return linear::cuda::forward(ctx, a, p, b, st); });
+}
+
+// dx (= or +=) dpre W ; dW = dpre^T x ; db = colsum(dpre).
+template <class T>
+Status linear_backward(linear::cuda::Context& ctx, Arena& ws, linear::Epilogue ep, const T* x, std::int64_t rows,
+                       std::int64_t in, const TensorView<const T>& w, const T* pre, const T* dy, std::int64_t out,
+                       T* dx, bool accumulate_dx, const TensorView<float>& dw, const TensorView<float>& db,
+                       cudaStream_t st) {
+  linear::BackwardArgs<T> a;
+  a.epilogue = ep;
+  a.x = TensorView<const T>::device(x, {rows, in});
+  a.weight = w;
+  if (pre) a.pre = TensorView<const T>::device(pre, {rows, out});
+  a.dy = TensorView<const T>::device(dy, {rows, out});
+  if (dx) a.dx = TensorView<T>::device(dx, {rows, in});
+  a.accumulate_dx = accumulate_dx;
+  a.dweight = dw;
+  if (linear::has_bias(ep)) a.dbias = db;
+  return stage(
+      ws, [&](std::size_t& b) { return linear::cuda::backward_workspace_size(ctx, a, b); },
+      [&](void* p, std::size_t b) { return linear::cuda::backward(ctx, a, p, b, st); });
+}
+
+}  // namespace detail
+
+struct BlockInputs {
+  TensorView<const std::uint8_t> bos_mask;     // [B, L] or empty
+  TensorView<const std::int64_t> segment_idx;  // [B, L] or empty
+};
+
+// The forward: out = block(x). `act` receives what the backward needs.
+template <class T>
+Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, const DeviceParameters<T>& P, const Dims& d,
+                          const T* x, const BlockInputs& in, T* out, Arena& act_arena, Arena& ws, cudaStream_t st) {
+  using namespace detail;
+  const std::string mp = block::kMegaPrefix, np = block::kNffnPrefix;
+  const auto s = BlockActivations<T>::carve(act_arena, d);
+  GECKO_RETURN_IF_ERROR(act_arena.status("activation"));
+  const std::int64_t B = d.B, L = d.L, R = d.rows();
+
+  // Timestep decay norm.
+  timestep_norm::ForwardArgs<T> tn;
+  tn.groups = d.G;
+  tn.beta1 = c.timenorm_beta1;
+  tn.beta2 = c.timenorm_beta2;
+  tn.eps = c.norm_eps;
+  tn.beta_precision = c.timenorm_beta_precision;
+  tn.x = TensorView<const T>::device(x, {B, L, d.D});
+  tn.weight = P.t(mp + "timenorm.weight");
+  tn.bias = P.t(mp + "timenorm.bias");
+  tn.bos_mask = in.bos_mask;
+  tn.y = bl(s.xn, B, L, d.D);
+  const timestep_norm::cuda::Saved tn_saved{TensorView<float>::device(s.tn_stats, {B, L, d.G, 2}),
+                                            TensorView<float>::device(s.tn_corr, {B, L, 2})};
+  GECKO_RETURN_IF_ERROR(stage(
+      ws, [&](std::size_t& b) { return timestep_norm::cuda::forward_workspace_size(tn, b); },
+      [&](void* p, std::size_t b) { return timestep_norm::cuda::forward(tn, tn_saved, p, b, st); }));
+
+  // Complex EMA with the residual fused.
+  cema::ForwardArgs<T> ce;
+  ce.x = TensorView<const T>::device(s.xn, {B, L, d.D});
+  ce.bos_mask = in.bos_mask;
+  ce.alpha = P.f(mp + "cema.alpha");
+  ce.delta = P.f(mp + "cema.delta");
+  ce.theta = P.f(mp + "cema.theta");
+  ce.gamma = P.f(mp + "cema.gamma");
+  ce.y = bl(s.xc, B, L, d.D);
+  const cema::cuda::Saved ce_saved{
+      TensorView<float>::device(s.cema_states, {cema::cuda::time_tiles(L), B, d.D, d.N, 2})};
+  GECKO_RETURN_IF_ERROR(stage(
+      ws, [&](std::size_t& b) { return cema::cuda::forward_workspace_size(ce, ce_saved, b); },
+      [&](void* p, std::size_t b) { return cema::cuda::forward(ce, ce_saved, p, b, st); }));
+
+  // RMSNorm.
+  group_norm::ForwardArgs<T> rn;
+  rn.kind = group_norm::Kind::kRms;
+  rn.groups = c.layernorm_num_groups;
+  rn.eps = c.norm_eps;
+  rn.x = TensorView<const T>::device(s.xc, {R, d.D});
+  rn.weight = P.t(mp + "rmsnorm.weight");
+  rn.y = TensorView<T>::device(s.mx, {R, d.D});
+  GECKO_RETURN_IF_ERROR(stage(ws, [&] { return group_norm::cuda::forward(rn, st); }));
+
+  // Projections of mx and xn.
+  GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kBias, s.mx, R, d.D, P.t(mp + "wz.weight"),
+                                          P.t(mp + "wz.bias"), s.z, d.Z, nullptr, st));
+  GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kBiasSilu, s.xn, R, d.D, P.t(mp + "wv.weight"),
+                                          P.t(mp + "wv.bias"), s.v, d.E, s.v_pre, st));
+  GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kBias, s.mx, R, d.D, P.t(mp + "wr.weight"),
+                                          P.t(mp + "wr.bias"), s.r_pre, d.E, nullptr, st));
+
+  // Per-head z normalisation and the four views.
+  qk_views::ForwardArgs<T> qv;
+  qv.heads = d.H;
+  qv.eps = c.norm_eps;
+  qv.z = TensorView<const T>::device(s.z, {R, d.Z});
+  qv.gamma = P.t(mp + "gamma");
+  qv.beta = P.t(mp + "beta");
+  qv.q = TensorView<T>::device(s.q, {R, d.Z});
+  qv.k = TensorView<T>::device(s.k, {R, d.Z});
+  qv.aq = TensorView<T>::device(s.aq, {R, d.Z});
+  qv.ak = TensorView<T>::device(s.ak, {R, d.Z});
+  GECKO_RETURN_IF_ERROR(stage(ws, [&] { return qk_views::cuda::forward(qv, st); }));
+
+  // Sliding chunk attention (RoPE inside).
+  sliding_chunk_attention::ForwardArgs<T> sa;
+  sa.chunk = d.C;
+  sa.rope = c.rope(0);
+  sa.q = blh<const T>(s.q, B, L, d.H, d.dz);
+  sa.k = blh<const T>(s.k, B, L, d.H, d.dz);
+  sa.v = blh<const T>(s.v, B, L, d.H, d.dv);
+  sa.segment_idx = in.segment_idx;
+  sa.out = blh(s.o_sca, B, L, d.H, d.dv);
+  sa.lse = TensorView<float>::device(s.lse, {B, d.H, L});
+  GECKO_RETURN_IF_ERROR(stage(
+      ws, [&](std::size_t& b) { return sliding_chunk_attention::cuda::forward_workspace_size(sa, b); },
+      [&](void* p, std::size_t b) { return sliding_chunk_attention::cuda::forward(sa, p, b, st); }));
+
+  // Adaptive working memory into scratch, then the gated combination.
+  const std::size_t mark = ws.used();
+  T* o_awm = ws.take<T>(static_cast<std::size_t>(R) * d.E);
+  float* mem = ws.take<float>(static_cast<std::size_t>(B) * d.H * d.dz * d.dv);
+  float* lnorm = ws.take<float>(static_cast<std::size_t>(B) * d.H * d.dz);
+  working_memory::ForwardArgs<T> wm;
+  wm.chunk = d.C;
+  wm.aq = blh<const T>(s.aq, B, L, d.H, d.dz);
+  wm.ak = blh<const T>(s.ak, B, L, d.H, d.dz);
+  wm.v = blh<const T>(s.v, B, L, d.H, d.dv);
+  wm.segment_idx = in.segment_idx;
+  wm.out = blh(o_awm, B, L, d.H, d.dv);
+  wm.memory_out = TensorView<float>::device(mem, {B, d.H, d.dz, d.dv});
+  wm.log_norm_out = TensorView<float>::device(lnorm, {B, d.H, d.dz});
+  GECKO_RETURN_IF_ERROR(stage(
+      ws, [&](std::size_t& b) { return working_memory::cuda::forward_workspace_size(wm, b); },
+      [&](void* p, std::size_t b) { return working_memory::cuda::forward(wm, p, b, st); }));
+  gated_combine::ForwardArgs<T> gc;
+  gc.silu_r = true;
+  gc.sca = TensorView<const T>::device(s.o_sca, {R, d.E});
+  gc.r = TensorView<const T>::device(s.r_pre, {R, d.E});
+  gc.awm = TensorView<const T>::device(o_awm, {R, d.E});
+  gc.attn = TensorView<T>::device(s.attn, {R, d.E});
+  GECKO_RETURN_IF_ERROR(stage(ws, [&] { return gated_combine::cuda::forward(gc, st); }));
+  ws.rewind(mark);
+
+  // y = wh1(mx) + wh2(attn) + x.
+  {
+    const std::size_t m2 = ws.used();
+    T* tmp = ws.take<T>(static_cast<std::size_t>(R) * d.D);
+    GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kBias, s.mx, R, d.D, P.t(mp + "wh1.weight"),
+                                            P.t(mp + "wh1.bias"), s.y, d.D, nullptr, st));
+    GECKO_RETURN_IF_ERROR(add<T>(ws, s.y, s.y, x, R, d.D, st));
+    GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kNone, s.attn, R, d.E, P.t(mp + "wh2.weight"),
+                                            {}, tmp, d.D, nullptr, st));
+    GECKO_RETURN_IF_ERROR(add<T>(ws, s.y, s.y, tmp, R, d.D, st));
+    ws.rewind(m2);
+  }
+
+  // Normalized SwiGLU feed-forward: out = fc2(silu(fc1(u)) * fc3(u)) + y, u = layernorm(y).
+  group_norm::ForwardArgs<T> ln;
+  ln.kind = group_norm::Kind::kLayer;
+  ln.groups = c.layernorm_num_groups;
+  ln.eps = c.norm_eps;
+  ln.x = TensorView<const T>::device(s.y, {R, d.D});
+  ln.weight = P.t(np + "norm.weight");
+  ln.bias = P.t(np + "norm.bias");
+  ln.y = TensorView<T>::device(s.u, {R, d.D});
+  GECKO_RETURN_IF_ERROR(stage(ws, [&] { return group_norm::cuda::forward(ln, st); }));
+  GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kNone, s.u, R, d.D, P.t(np + "fc1.weight"), {},
+                                          s.a, d.F, nullptr, st));
+  GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kNone, s.u, R, d.D, P.t(np + "fc3.weight"), {},
+                                          s.b, d.F, nullptr, st));
+  swiglu::ForwardArgs<T> sw;
+  sw.a = TensorView<const T>::device(s.a, {R, d.F});
+  sw.b = TensorView<const T>::device(s.b, {R, d.F});
+  sw.hidden = TensorView<T>::device(s.hidden, {R, d.F});
+  GECKO_RETURN_IF_ERROR(stage(ws, [&] { return swiglu::cuda::forward(sw, st); }));
+  GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kNone, s.hidden, R, d.F, P.t(np + "fc2.weight"),
+                                          {}, out, d.D, nullptr, st));
+  return add<T>(ws, out, out, s.y, R, d.D, st);
+}
+
+// The backward: dx and every parameter gradient (overwritten) from dout and the activations.
+template <class T, class Grads>
+Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, const DeviceParameters<T>& P,
+                           const Grads& G, const Dims& d, const T* x, const BlockInputs& in, const T* dout,
+                           T* dx, Arena& act_arena, Arena& ws, cudaStream_t st) {
+  using namespace detail;
+  const std::string mp = block::kMegaPrefix, np = block::kNffnPrefix;
+  const auto s = BlockActivations<T>::carve(act_arena, d);
+  GECKO_RETURN_IF_ERROR(act_arena.status("activation"));
+  const std::int64_t B = d.B, L = d.L, R = d.rows();
+  const std::size_t Rz = static_cast<std::size_t>(R);
+  const auto none = linear::Epilogue::kNone;
+
+  // Scratch that lives through the whole backward.
+  T* dy = ws.take<T>(Rz * d.D);       // gradient at the MEGA output y
+  T* g1 = ws.take<T>(Rz * d.D);       // D-wide scratch (du, then dmx)
+  T* g2 = ws.take<T>(Rz * d.D);       // D-wide scratch (dxc, then dxn)
+  T* gF1 = ws.take<T>(Rz * std::max(d.F, d.E));  // F/E-wide scratch
+  T* gF2 = ws.take<T>(Rz * std::max(d.F, d.E));
+  T* gF3 = ws.take<T>(Rz * std::max(d.F, d.E));
+  T* gz = ws.take<T>(Rz * d.Z * 5);   // dz, dq, dk, daq, dak
+  GECKO_RETURN_IF_ERROR(ws.status("workspace"));
+  T *gdz = gz, *gdq = gz + Rz * d.Z, *gdk = gz + 2 * Rz * d.Z, *gdaq = gz + 3 * Rz * d.Z, *gdak = gz + 4 * Rz * d.Z;
+
+  // ---- feed-forward ----
+  // dhidden = dout fc2 ; dfc2 = dout^T hidden
+  GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, none, s.hidden, R, d.F, P.t(np + "fc2.weight"), nullptr, dout,
+                                           d.D, gF1, false, G.g(np + "fc2.weight"), {}, st));
+  swiglu::BackwardArgs<T> sb;
+  sb.a = TensorView<const T>::device(s.a, {R, d.F});
+  sb.b = TensorView<const T>::device(s.b, {R, d.F});
+  sb.dhidden = TensorView<const T>::device(gF1, {R, d.F});
+  sb.da = TensorView<T>::device(gF2, {R, d.F});
+  sb.db = TensorView<T>::device(gF3, {R, d.F});
+  GECKO_RETURN_IF_ERROR(stage(ws, [&] { return swiglu::cuda::backward(sb, st); }));
+  GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, none, s.u, R, d.D, P.t(np + "fc1.weight"), nullptr, gF2, d.F, g1,
+                                           false, G.g(np + "fc1.weight"), {}, st));
+  GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, none, s.u, R, d.D, P.t(np + "fc3.weight"), nullptr, gF3, d.F, g1,
+                                           true, G.g(np + "fc3.weight"), {}, st));
+  group_norm::BackwardArgs<T> lb;
+  lb.kind = group_norm::Kind::kLayer;
+  lb.groups = c.layernorm_num_groups;
+  lb.eps = c.norm_eps;
+  lb.x = TensorView<const T>::device(s.y, {R, d.D});
+  lb.weight = P.t(np + "norm.weight");
+  lb.dy = TensorView<const T>::device(g1, {R, d.D});
+  lb.dx = TensorView<T>::device(dy, {R, d.D});
+  lb.dweight = G.g(np + "norm.weight");
+  lb.dbias = G.g(np + "norm.bias");
+  GECKO_RETURN_IF_ERROR(stage(
+      ws, [&](std::size_t& b) { return group_norm::cuda::backward_workspace_size(lb, b); },
+      [&](void* p, std::size_t b) { return group_norm::cuda::backward(lb, p, b, st); }));
+  GECKO_RETURN_IF_ERROR(add<T>(ws, dy, dy, dout, R, d.D, st));  // + the residual path
+
+  // ---- MEGA: y = wh1(mx) + wh2(attn) + x ----
+  // dattn = dy wh2 (into gF1); dmx = dy wh1 (into g1)
+  GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, none, s.attn, R, d.E, P.t(mp + "wh2.weight"), nullptr, dy, d.D,
+                                           gF1, false, G.g(mp + "wh2.weight"), {}, st));
+  GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, linear::Epilogue::kBias, s.mx, R, d.D, P.t(mp + "wh1.weight"),
+                                           nullptr, dy, d.D, g1, false, G.g(mp + "wh1.weight"), G.g(mp + "wh1.bias"),
+                                           st));
+  // attn = sca * silu(r_pre) + awm: dsca (gF2), dr_pre (gF3), dawm = dattn (gF1 itself)
+  gated_combine::BackwardArgs<T> gb;
+  gb.silu_r = true;
+  gb.sca = TensorView<const T>::device(s.o_sca, {R, d.E});
+  gb.r = TensorView<const T>::device(s.r_pre, {R, d.E});
+  gb.dattn = TensorView<const T>::device(gF1, {R, d.E});
+  gb.dsca = TensorView<T>::device(gF2, {R, d.E});
+  gb.dr = TensorView<T>::device(gF3, {R, d.E});
+  GECKO_RETURN_IF_ERROR(stage(
+      ws, [&](std::size_t& b) { return gated_combine::cuda::backward_workspace_size(gb, b); },
+      [&](void* p, std::size_t b) { return gated_combine::cuda::backward(gb, p, b, st); }));
+  // r_pre = wr(mx): dmx += dr_pre wr
+  GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, linear::Epilogue::kBias, s.mx, R, d.D, P.t(mp + "wr.weight"),
+                                           nullptr, gF3, d.E, g1, true, G.g(mp + "wr.weight"), G.g(mp + "wr.bias"),
+                                           st));
+  // Working memory backward: daq, dak, dv (into gF3).
+  working_memory::BackwardArgs<T> wb;
+  wb.chunk = d.C;
+  wb.aq = blh<const T>(s.aq, B, L, d.H, d.dz);
+  wb.ak = blh<const T>(s.ak, B, L, d.H, d.dz);
+  wb.v = blh<const T>(s.v, B, L, d.H, d.dv);
+  wb.segment_idx = in.segment_idx;
+  wb.dout = blh<const T>(gF1, B, L, d.H, d.dv);
+  wb.daq = blh(gdaq, B, L, d.H, d.dz);
+  wb.dak = blh(gdak, B, L, d.H, d.dz);
+  wb.dv = blh(gF3, B, L, d.H, d.dv);
+  GECKO_RETURN_IF_ERROR(stage(
+      ws, [&](std::size_t& b) { return working_memory::cuda::backward_workspace_size(wb, b); },
+      [&](void* p, std::size_t b) { return working_memory::cuda::backward(wb, p, b, st); }));
+  // Sliding chunk attention backward: dq, dk, dv (into gF1: dattn is no longer needed).
+  sliding_chunk_attention::BackwardArgs<T> sb2;
+  sb2.chunk = d.C;
+  sb2.rope = c.rope(0);
+  sb2.q = blh<const T>(s.q, B, L, d.H, d.dz);
+  sb2.k = blh<const T>(s.k, B, L, d.H, d.dz);
+  sb2.v = blh<const T>(s.v, B, L, d.H, d.dv);
+  sb2.segment_idx = in.segment_idx;
+  sb2.out = blh<const T>(s.o_sca, B, L, d.H, d.dv);
+  sb2.lse = TensorView<const float>::device(s.lse, {B, d.H, L});
+  sb2.dout = blh<const T>(gF2, B, L, d.H, d.dv);
+  sb2.dq = blh(gdq, B, L, d.H, d.dz);
+  sb2.dk = blh(gdk, B, L, d.H, d.dz);
+  sb2.dv = blh(gF1, B, L, d.H, d.dv);
+  GECKO_RETURN_IF_ERROR(stage(
+      ws, [&](std::size_t& b) { return sliding_chunk_attention::cuda::backward_workspace_size(sb2, b); },
+      [&](void* p, std::size_t b) { return sliding_chunk_attention::cuda::backward(sb2, p, b, st); }));
+  GECKO_RETURN_IF_ERROR(add<T>(ws, gF1, gF1, gF3, R, d.E, st));  // dv = dv_sca + dv_awm
+  // v = silu(wv(xn)): dxn (g2) = dpre wv
+  GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, linear::Epilogue::kBiasSilu, s.xn, R, d.D, P.t(mp + "wv.weight"),
+                                           s.v_pre, gF1, d.E, g2, false, G.g(mp + "wv.weight"), G.g(mp + "wv.bias"),
+                                           st));
+  // The four views and the z normalisation: dz.
+  qk_views::BackwardArgs<T> qb;
+  qb.heads = d.H;
+  qb.eps = c.norm_eps;
+  qb.z = TensorView<const T>::device(s.z, {R, d.Z});
+  qb.gamma = P.t(mp + "gamma");
+  qb.dq = TensorView<const T>::device(gdq, {R, d.Z});
+  qb.dk = TensorView<const T>::device(gdk, {R, d.Z});
+  qb.daq = TensorView<const T>::device(gdaq, {R, d.Z});
+  qb.dak = TensorView<const T>::device(gdak, {R, d.Z});
+  qb.dz = TensorView<T>::device(gdz, {R, d.Z});
+  qb.dgamma = G.g(mp + "gamma");
+  qb.dbeta = G.g(mp + "beta");
+  GECKO_RETURN_IF_ERROR(stage(
+      ws, [&](std::size_t& b) { return qk_views::cuda::backward_workspace_size(qb, b); },
+      [&](void* p, std::size_t b) { return qk_views::cuda::backward(qb, p, b, st); }));
+  // z = wz(mx): dmx += dz wz
+  GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, linear::Epilogue::kBias, s.mx, R, d.D, P.t(mp + "wz.weight"),
+                                           nullptr, gdz, d.Z, g1, true, G.g(mp + "wz.weight"), G.g(mp + "wz.bias"),
+                                           st));
+  // RMSNorm backward: dxc (into gF2's first D columns of scratch).
+  T* dxc = gF2;
+  group_norm::BackwardArgs<T> rb;
+  rb.kind = group_norm::Kind::kRms;
+  rb.groups = c.layernorm_num_groups;
+  rb.eps = c.norm_eps;
+  rb.x = TensorView<const T>::device(s.xc, {R, d.D});
+  rb.weight = P.t(mp + "rmsnorm.weight");
+  rb.dy = TensorView<const T>::device(g1, {R, d.D});
+  rb.dx = TensorView<T>::device(dxc, {R, d.D});
+  rb.dweight = G.g(mp + "rmsnorm.weight");
+  GECKO_RETURN_IF_ERROR(stage(
+      ws, [&](std::size_t& b) { return group_norm::cuda::backward_workspace_size(rb, b); },
+      [&](void* p, std::size_t b) { return group_norm::cuda::backward(rb, p, b, st); }));
+  // CEMA backward (residual included): dxn += cema'(dxc).
+  T* dxn_cema = gF3;
+  cema::BackwardArgs<T> cb;
+  cb.x = TensorView<const T>::device(s.xn, {B, L, d.D});
+  cb.bos_mask = in.bos_mask;
+  cb.alpha = P.f(mp + "cema.alpha");
+  cb.delta = P.f(mp + "cema.delta");
+  cb.theta = P.f(mp + "cema.theta");
+  cb.gamma = P.f(mp + "cema.gamma");
+  cb.dy = TensorView<const T>::device(dxc, {B, L, d.D});
+  cb.dx = TensorView<T>::device(dxn_cema, {B, L, d.D});
+  cb.dalpha = G.g(mp + "cema.alpha");
+  cb.ddelta = G.g(mp + "cema.delta");
+  cb.dtheta = G.g(mp + "cema.theta");
+  cb.dgamma = G.g(mp + "cema.gamma");
+  const cema::cuda::Saved ce_saved{
+      TensorView<float>::device(s.cema_states, {cema::cuda::time_tiles(L), B, d.D, d.N, 2})};
+  GECKO_RETURN_IF_ERROR(stage(
+      ws, [&](std::size_t& b) { return cema::cuda::backward_workspace_size(cb, b); },
+      [&](void* p, std::size_t b) { return cema::cuda::backward(cb, ce_saved, p, b, st); }));
+  GECKO_RETURN_IF_ERROR(add<T>(ws, g2, g2, dxn_cema, R, d.D, st));
+  // Timestep norm backward: dx (into g1), then + the residual dy.
+  timestep_norm::BackwardArgs<T> tb;
+  tb.groups = d.G;
+  tb.beta1 = c.timenorm_beta1;
+  tb.beta2 = c.timenorm_beta2;
+  tb.eps = c.norm_eps;
+  tb.beta_precision = c.timenorm_beta_precision;
+  tb.x = TensorView<const T>::device(x, {B, L, d.D});
+  tb.weight = P.t(mp + "timenorm.weight");
+  tb.bos_mask = in.bos_mask;
+  tb.dy = TensorView<const T>::device(g2, {B, L, d.D});
+  tb.dx = TensorView<T>::device(g1, {B, L, d.D});
+  tb.dweight = G.g(mp + "timenorm.weight");
+  tb.dbias = G.g(mp + "timenorm.bias");
+  const timestep_norm::cuda::Saved tn_saved{TensorView<float>::device(s.tn_stats, {B, L, d.G, 2}),
+                                            TensorView<float>::device(s.tn_corr, {B, L, 2})};
+  GECKO_RETURN_IF_ERROR(stage(
+      ws, [&](std::size_t& b) { return timestep_norm::cuda::backward_workspace_size(tb, b); },
+      [&](void* p, std::size_t b) { return timestep_norm::cuda::backward(tb, tn_saved, p, b, st); }));
+  return add<T>(ws, dx, g1, dy, R, d.D, st);
+}
+
+// ---- public entry points ----------------------------------------------------------------------
+
+struct BlockPlan {
+  std::size_t activation_bytes = 0;  // kept from forward to backward
+  std::size_t workspace_bytes = 0;   // scratch for either pass
+};
+
+// One call: x, out and the document masks of [B, L] tokens (device memory, dense).
+template <class T>
+struct BlockCall {
+  TensorView<const T> x;                       // [B, L, D]
+  TensorView<const std::uint8_t> bos_mask;     // [B, L] or empty
+  TensorView<const std::int64_t> segment_idx;  // [B, L] or empty
+};
+
+namespace detail {
+
+// Gradient views with fake addresses, for measuring the backward's workspace.
+class MeasuringGradients {
+ public:
+  explicit MeasuringGradients(const GeckoConfig& c) {
+    for (const auto& spec : block::parameter_specs(c)) {
+      std::size_t n = 1;
+      for (auto e : spec.shape) n *= static_cast<std::size_t>(e);
+      TensorView<float> v;
+      v.data = arena_.take<float>(n);
+      v.rank = static_cast<int>(spec.shape.size());
+      v.memory = Memory::kDevice;
+      std::int64_t st = 1;
+      for (int k = v.rank - 1; k >= 0; --k) {
+        v.shape[k] = spec.shape[k];
+        v.strides[k] = st;
+        st *= spec.shape[k];
+      }
+      views_[spec.name] = v;
+    }
+  }
+  TensorView<float> g(const std::string& name) const {
+    auto it = views_.find(name);
+    return it == views_.end() ? TensorView<float>{} : it->second;
+  }
+
+ private:
+  Arena arena_ = Arena::measure();
+  std::map<std::string, TensorView<float>> views_;
+};
+
+template <class T>
+Status check_call(const GeckoConfig& c, const BlockCall<T>& call, Dims& d) {
+  GECKO_RETURN_IF_ERROR(validate(c));
+  if (call.x.empty() || call.x.rank != 3)
+    return invalid_argument("x must be a [B, L, D] device tensor, got " + call.x.shape_string());
+  GECKO_RETURN_IF_ERROR(check_memory(call.x, "x", Memory::kDevice));
+  GECKO_RETURN_IF_ERROR(check_contiguous(call.x, "x"));
+  d = Dims::of(c, call.x.size(0), call.x.size(1));
+  if (call.x.size(2) != c.model_dim)
+    return invalid_argument("x has D=" + std::to_string(call.x.size(2)) + ", expected config.model_dim=" +
+                            std::to_string(c.model_dim));
+  if (d.L < c.chunk_size || d.L % c.chunk_size != 0)
+    return invalid_argument("the GPU training path takes whole chunks: L=" + std::to_string(d.L) +
+                            " must be a positive multiple of the chunk size C=" + std::to_string(c.chunk_size));
+  if (c.timenorm_beta_precision != timestep_norm::BetaPrecision::kExact)
+    return unsupported("the GPU block computes the timestep norm with exact beta (config.timenorm_beta_precision)");
+  if (!call.bos_mask.empty()) {
+    GECKO_RETURN_IF_ERROR(check_shape(call.bos_mask, "bos_mask", {d.B, d.L}));
+    GECKO_RETURN_IF_ERROR(check_memory(call.bos_mask, "bos_mask", Memory::kDevice));
+  }
+  if (!call.segment_idx.empty()) {
+    GECKO_RETURN_IF_ERROR(check_shape(call.segment_idx, "segment_idx", {d.B, d.L}));
+    GECKO_RETURN_IF_ERROR(check_memory(call.segment_idx, "segment_idx", Memory::kDevice));
+  }
+  return Status::success();
+}
+
+template <class T>
+Status check_out(const TensorView<T>& t, const char* name, const Dims& d) {
+  GECKO_RETURN_IF_ERROR(check_shape(t, name, {d.B, d.L, d.D}));
+  GECKO_RETURN_IF_ERROR(check_memory(t, name, Memory::kDevice));
+  return check_contiguous(t, name);
+}
+
+}  // namespace detail
+
+// Sizes of the activation and workspace regions for calls shaped like `call` (pointers unused).
+template <class T>
+Status block_plan(linear::cuda::Context& ctx, const GeckoConfig& c, const DeviceParameters<T>& P, const BlockCall<T>& call,
+                  BlockPlan& plan) {
+  Dims d;
+  GECKO_RETURN_IF_ERROR(detail::check_call(c, call, d));
+  auto fake = Arena::measure();
+  const T* x = fake.take<T>(static_cast<std::size_t>(d.rows()) * d.D);
+  T* out = fake.take<T>(static_cast<std::size_t>(d.rows()) * d.D);
+  const BlockInputs in{call.bos_mask, call.segment_idx};
+  auto act = Arena::measure(), ws = Arena::measure();
+  GECKO_RETURN_IF_ERROR(block_forward_impl<T>(ctx, c, P, d, x, in, out, act, ws, nullptr));
+  const detail::MeasuringGradients grads(c);
+  auto act2 = Arena::measure(), ws2 = Arena::measure();
+  GECKO_RETURN_IF_ERROR(block_backward_impl<T>(ctx, c, P, grads, d, x, in, out, out, act2, ws2, nullptr));
+  plan.activation_bytes = act.peak();
+  plan.workspace_bytes = std::max(ws.peak(), ws2.peak());
+  return Status::success();
+}
+
+// out = block(x); the activation region keeps what block_backward needs.
+template <class T>
+Status block_forward(linear::cuda::Context& ctx, const GeckoConfig& c, const DeviceParameters<T>& P, const BlockCall<T>& call,
+                     const TensorView<T>& out, void* activations, std::size_t activation_bytes, void* workspace,
+                     std::size_t workspace_bytes, cudaStream_t stream) {
+  Dims d;
+  GECKO_RETURN_IF_ERROR(detail::check_call(c, call, d));
+  GECKO_RETURN_IF_ERROR(detail::check_out(out, "out", d));
+  Arena act(activations, activation_bytes), ws(workspace, workspace_bytes);
+  return block_forward_impl<T>(ctx, c, P, d, call.x.data, BlockInputs{call.bos_mask, call.segment_idx}, out.data, act,
+                               ws, stream);
+}
+
+// dx and every parameter gradient of the block (overwritten in grads), from dout and the
+// activations of the forward of the same call.
+template <class T>
+Status block_backward(linear::cuda::Context& ctx, const GeckoConfig& c, const DeviceParameters<T>& P,
+                      const DeviceGradients& grads, const BlockCall<T>& call, const TensorView<const T>& dout,
+                      const TensorView<T>& dx, void* activations, std::size_t activation_bytes, void* workspace,
+                      std::size_t workspace_bytes, cudaStream_t stream) {
+  Dims d;
+  GECKO_RETURN_IF_ERROR(detail::check_call(c, call, d));
+  GECKO_RETURN_IF_ERROR(detail::check_out(dout, "dout", d));
+  GECKO_RETURN_IF_ERROR(detail::check_out(dx, "dx", d));
+  Arena act(activations, activation_bytes), ws(workspace, workspace_bytes);
+  return block_backward_impl<T>(ctx, c, P, grads, d, call.x.data, BlockInputs{call.bos_mask, call.segment_idx},
+                                dout.data, dx.data, act, ws, stream);
+}
+
+}  // namespace gecko::layers::cuda
