@@ -154,7 +154,7 @@ __device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
 // Byte offset of 16-byte chunk `chunk` of row `row` in a tile of `cpr` chunks per row (cpr a
 // multiple of 8): chunks are XOR-swizzled by the row's low 3 bits, so the 8 rows an ldmatrix
 // reads (or 8 rows written at one column) hit 8 different bank groups.
-__device__ __forceinline__ std::uint32_t swz(int row, int chunk, int cpr) {
+GECKO_HOST_DEVICE __forceinline__ std::uint32_t swz(int row, int chunk, int cpr) {
   return static_cast<std::uint32_t>((row * cpr + (chunk ^ (row & 7))) * 16);
 }
 
@@ -200,20 +200,20 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const std::uint32_t (&a)
 
 // Fragment addresses for a 16x16 A block (rows m0.., k0..) held in a swizzled shared tile.
 // Row-major tile: [m][k], cpr chunks per row. Column-major tile: [k][m] (loaded with .trans).
-__device__ __forceinline__ std::uint32_t a_frag_addr_row(std::uint32_t base, int m0, int k0, int cpr, int lane) {
+GECKO_HOST_DEVICE __forceinline__ std::uint32_t a_frag_addr_row(std::uint32_t base, int m0, int k0, int cpr, int lane) {
   return base + swz(m0 + (lane & 15), (k0 >> 3) + (lane >> 4), cpr);
 }
-__device__ __forceinline__ std::uint32_t a_frag_addr_col(std::uint32_t base, int m0, int k0, int cpr, int lane) {
+GECKO_HOST_DEVICE __forceinline__ std::uint32_t a_frag_addr_col(std::uint32_t base, int m0, int k0, int cpr, int lane) {
   const int mat = lane >> 3, r = lane & 7;
   return base + swz(k0 + (mat >> 1) * 8 + r, (m0 >> 3) + (mat & 1), cpr);
 }
 // Two 16x8 B blocks (k0.., n0.. and n0+8..) -> {b0, b1} of block n0 then of block n0+8.
 // Row-major tile: [k][n] (loaded with .trans). Column-major tile: [n][k].
-__device__ __forceinline__ std::uint32_t b_frag_addr_row(std::uint32_t base, int k0, int n0, int cpr, int lane) {
+GECKO_HOST_DEVICE __forceinline__ std::uint32_t b_frag_addr_row(std::uint32_t base, int k0, int n0, int cpr, int lane) {
   const int mat = lane >> 3, r = lane & 7;
   return base + swz(k0 + (mat & 1) * 8 + r, (n0 >> 3) + (mat >> 1), cpr);
 }
-__device__ __forceinline__ std::uint32_t b_frag_addr_col(std::uint32_t base, int k0, int n0, int cpr, int lane) {
+GECKO_HOST_DEVICE __forceinline__ std::uint32_t b_frag_addr_col(std::uint32_t base, int k0, int n0, int cpr, int lane) {
   const int mat = lane >> 3, r = lane & 7;
   return base + swz(n0 + (mat >> 1) * 8 + r, (k0 >> 3) + (mat & 1), cpr);
 }

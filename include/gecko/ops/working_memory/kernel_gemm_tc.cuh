@@ -17,10 +17,10 @@ namespace gecko::working_memory::kernels {
 inline constexpr int kTcBN = 256, kTcBK = 64, kTcStages = 4;
 
 // Row tiles of 128 (warp tiles 64 x 64); 64 for the epilogues that also hold feature rows or a
-// second accumulator (register budget).
+// second accumulator (register budget), and for Y = gU M̄ᵀ (dk x dk per chunk: few tiles).
 template <int EPI>
 constexpr int tc_gemm_bm() {
-  return EPI == kDaq || EPI == kDak ? 64 : 128;
+  return EPI == kDaq || EPI == kDak || EPI == kStoreYneg ? 64 : 128;
 }
 
 template <int BM>

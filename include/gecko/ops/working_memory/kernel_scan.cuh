@@ -189,12 +189,32 @@ __global__ void __launch_bounds__(kThreads, 1) scan_tc_kernel(const __grid_const
                         st[mi][ni][2 * hf + 1]);
   };
 
+  // L2 prefetch of this CTA's slice (dk rows x 64 columns) of a [dk, dv] array: the per-step
+  // operands read from global memory after the tensor-core loop arrive from L2, not DRAM.
+  auto prefetch_slice = [&](const void* arr, int elem_bytes) {
+    const int lines = elem_bytes / 2;  // 128-byte lines per row of the slice: 2 (fp32) or 1 (16-bit)
+    for (int i = tid; i < dk * lines; i += kThreads) {
+      const char* ptr = static_cast<const char*>(arr) +
+                        (static_cast<std::int64_t>(i / lines) * dv + col0) * elem_bytes + (i % lines) * 128;
+      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(ptr));
+    }
+  };
+
   if (total > 0) load_g(0);
   for (int ai = 0; ai < p.nabs; ++ai) {
     const int a = a_of(ai), j = a + p.j0;
     const bool reset = p.resets[b * p.nabs + a] != 0;
     const float* rho_a = p.rho + (bh64 * p.nabs + a) * dk;
     float* w_a = p.w + (bh64 * p.nabs + a) * dkdv;
+    if constexpr (!kBwd) {
+      prefetch_slice(w_a, 4);  // read after this step's products
+    } else {
+      if (j >= p.j_first) prefetch_slice(p.e + (bh64 * p.n + j) * dkdv, 4);
+      if (a > 0) {  // the next step's R and M
+        prefetch_slice(w_a - dkdv, 4);
+        if (j - 1 >= p.j_first) prefetch_slice(static_cast<const T*>(p.mt) + (bh64 * p.n + j - 1) * dkdv, sizeof(T));
+      }
+    }
     float rr[2][2];
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
