@@ -14,8 +14,8 @@
 //   6. GEMM           O_j = Q̂_j M_j for every chunk (parallel)
 //
 // The backward (spec 2.7) recomputes 1-5, then: E_j = Q̂_jᵀ dO_j; a reverse scan for gM (with the
-// row sums that give gρ and s); the dk-sized gA/gℓ recurrence; Y = gU M̄ᵀ; dq = softmax backward
-// of dO M_jᵀ; dv = κ gU; dk = κ ∘ (V gUᵀ - K̂ Yᵀ - s + gℓ) + k̂ ∘ (gK̂ - <gK̂, k̂>), gK̂ = -κ Y.
+// row sums that give gρ and s); the dk-sized gA/gℓ recurrence; Y = gU M̄ᵀ; daq = softmax backward
+// of dO M_jᵀ; dv = κ gU; dak = κ ∘ (V gUᵀ - K̂ Yᵀ - s + gℓ) + k̂ ∘ (gK̂ - <gK̂, k̂>), gK̂ = -κ Y.
 // Every reduction has a fixed order and nothing uses atomics: results are bitwise reproducible.
 //
 // 16-bit T uses the tensor-core engine (bf16/fp16 operands, fp32 accumulation and state); float
