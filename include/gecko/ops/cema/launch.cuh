@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "gecko/core/cuda_check.hpp"
+#include "gecko/core/launch_util.cuh"
 #include "gecko/ops/cema/args.hpp"
 #include "gecko/ops/cema/kernel.cuh"
 
@@ -37,7 +38,7 @@ inline std::int64_t time_tiles(std::int64_t length) { return (length + kTileToke
 
 namespace detail {
 
-inline std::size_t align_up(std::size_t v, std::size_t a) { return (v + a - 1) / a * a; }
+using gecko::align_up;
 
 struct Plan {
   kernels::Tiling tl{};
@@ -150,13 +151,6 @@ Plan backward_plan(const BackwardArgs<T>& a, const Problem& p) {
                       {a.x.stride(0), a.x.stride(1), a.dy.stride(0), a.dy.stride(1), a.dx.stride(0), a.dx.stride(1)});
 }
 
-template <class K>
-Status allow_smem(K kernel, std::size_t bytes) {
-  if (bytes > 48 * 1024)
-    GECKO_CUDA_RETURN(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-  return Status::success();
-}
-
 template <class Args>
 kernels::Coefficients launch_coefficients(const Args& a, const Problem& p, char* ws, const Plan& pl,
                                           cudaStream_t stream) {
@@ -176,7 +170,7 @@ Status launch_forward(const kernels::ForwardParams& kp, const Plan& pl, const T*
   const unsigned threads = static_cast<unsigned>(tl.dc * tl.tpc);
   if (tl.time_tiles > 1) {
     const auto k1 = kernels::forward_aggregate_kernel<T, NS>;
-    GECKO_RETURN_IF_ERROR(allow_smem(k1, pl.smem_pass1));
+    GECKO_RETURN_IF_ERROR(allow_dynamic_smem(k1, pl.smem_pass1));
     k1<<<static_cast<unsigned>((tl.time_tiles - 1) * tl.chains), threads, pl.smem_pass1, stream>>>(kp, x);
     GECKO_RETURN_IF_ERROR(last_launch_status("cema forward aggregates"));
   }
@@ -184,7 +178,7 @@ Status launch_forward(const kernels::ForwardParams& kp, const Plan& pl, const T*
   kernels::forward_scan_kernel<><<<static_cast<unsigned>((bdn + 255) / 256), 256, 0, stream>>>(kp);
   GECKO_RETURN_IF_ERROR(last_launch_status("cema forward scan"));
   const auto k3 = kernels::forward_output_kernel<T, NS>;
-  GECKO_RETURN_IF_ERROR(allow_smem(k3, pl.smem_pass2));
+  GECKO_RETURN_IF_ERROR(allow_dynamic_smem(k3, pl.smem_pass2));
   k3<<<static_cast<unsigned>(tl.time_tiles * tl.chains), threads, pl.smem_pass2, stream>>>(kp, x, y);
   return last_launch_status("cema forward");
 }
@@ -196,7 +190,7 @@ Status launch_backward(const kernels::BackwardParams& kp, const Plan& pl, const 
   const unsigned threads = static_cast<unsigned>(tl.dc * tl.tpc);
   if (tl.time_tiles > 1) {
     const auto k1 = kernels::backward_aggregate_kernel<T, 8, kGeneral>;
-    GECKO_RETURN_IF_ERROR(allow_smem(k1, pl.smem_pass1));
+    GECKO_RETURN_IF_ERROR(allow_dynamic_smem(k1, pl.smem_pass1));
     k1<<<static_cast<unsigned>((tl.time_tiles - 1) * tl.chains), threads, pl.smem_pass1, stream>>>(kp, dy);
     GECKO_RETURN_IF_ERROR(last_launch_status("cema backward aggregates"));
   }
@@ -204,7 +198,7 @@ Status launch_backward(const kernels::BackwardParams& kp, const Plan& pl, const 
   kernels::backward_scan_kernel<kGeneral><<<static_cast<unsigned>((bdn + 255) / 256), 256, 0, stream>>>(kp);
   GECKO_RETURN_IF_ERROR(last_launch_status("cema backward scan"));
   const auto k3 = kernels::backward_output_kernel<T, 8, kGeneral>;
-  GECKO_RETURN_IF_ERROR(allow_smem(k3, pl.smem_pass2));
+  GECKO_RETURN_IF_ERROR(allow_dynamic_smem(k3, pl.smem_pass2));
   k3<<<static_cast<unsigned>(tl.time_tiles * tl.chains), threads, pl.smem_pass2, stream>>>(kp, x, dy, dx);
   return last_launch_status("cema backward");
 }

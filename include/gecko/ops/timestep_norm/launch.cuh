@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include "gecko/core/cuda_check.hpp"
+#include "gecko/core/launch_util.cuh"
 #include "gecko/core/device.hpp"
 #include "gecko/ops/timestep_norm/args.hpp"
 #include "gecko/ops/timestep_norm/kernel.cuh"
@@ -21,7 +22,7 @@ struct Saved {
 
 namespace detail {
 
-inline std::size_t align_up(std::size_t v, std::size_t a) { return (v + a - 1) / a * a; }
+using gecko::align_up;
 
 struct Plan {
   kernels::Tiling tl{};
@@ -138,13 +139,6 @@ Plan backward_plan(const BackwardArgs<T>& a, const Problem& p) {
                       {a.x.stride(0), a.x.stride(1), a.dy.stride(0), a.dy.stride(1), a.dx.stride(0), a.dx.stride(1)});
 }
 
-template <class K>
-Status allow_smem(K kernel, std::size_t bytes) {
-  if (bytes > 48 * 1024)
-    GECKO_CUDA_RETURN(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-  return Status::success();
-}
-
 // One CTA per tile.
 template <class K>
 Status tile_grid(K, const Plan& pl, unsigned& grid) {
@@ -223,11 +217,11 @@ Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std
   kp.incl = reinterpret_cast<kernels::ChainState*>(ws + pl.incl_offset);
   unsigned grid = 0;
   if (pl.vec == 1) {
-    GECKO_RETURN_IF_ERROR(detail::allow_smem(kernels::forward_kernel<T, 1>, pl.smem));
+    GECKO_RETURN_IF_ERROR(allow_dynamic_smem(kernels::forward_kernel<T, 1>, pl.smem));
     GECKO_RETURN_IF_ERROR(detail::tile_grid(kernels::forward_kernel<T, 1>, pl, grid));
     kernels::forward_kernel<T, 1><<<grid, 256, pl.smem, stream>>>(kp, a.x.data, a.weight.data, a.bias.data, a.y.data);
   } else {
-    GECKO_RETURN_IF_ERROR(detail::allow_smem(kernels::forward_kernel<T, kVec16<T>>, pl.smem));
+    GECKO_RETURN_IF_ERROR(allow_dynamic_smem(kernels::forward_kernel<T, kVec16<T>>, pl.smem));
     GECKO_RETURN_IF_ERROR(detail::tile_grid(kernels::forward_kernel<T, kVec16<T>>, pl, grid));
     kernels::forward_kernel<T, kVec16<T>><<<grid, 256, pl.smem, stream>>>(kp, a.x.data, a.weight.data, a.bias.data, a.y.data);
   }
@@ -300,11 +294,11 @@ Status backward(const BackwardArgs<T>& a, const Saved& saved, void* workspace, s
   kp.incl = reinterpret_cast<kernels::AdjointState*>(ws + pl.incl_offset);
   unsigned grid = 0;
   if (pl.vec == 1) {
-    GECKO_RETURN_IF_ERROR(detail::allow_smem(kernels::backward_kernel<T, 1>, pl.smem));
+    GECKO_RETURN_IF_ERROR(allow_dynamic_smem(kernels::backward_kernel<T, 1>, pl.smem));
     GECKO_RETURN_IF_ERROR(detail::tile_grid(kernels::backward_kernel<T, 1>, pl, grid));
     kernels::backward_kernel<T, 1><<<grid, 256, pl.smem, stream>>>(kp, a.x.data, a.weight.data, a.dy.data, a.dx.data);
   } else {
-    GECKO_RETURN_IF_ERROR(detail::allow_smem(kernels::backward_kernel<T, kVec16<T>>, pl.smem));
+    GECKO_RETURN_IF_ERROR(allow_dynamic_smem(kernels::backward_kernel<T, kVec16<T>>, pl.smem));
     GECKO_RETURN_IF_ERROR(detail::tile_grid(kernels::backward_kernel<T, kVec16<T>>, pl, grid));
     kernels::backward_kernel<T, kVec16<T>><<<grid, 256, pl.smem, stream>>>(kp, a.x.data, a.weight.data, a.dy.data, a.dx.data);
   }
