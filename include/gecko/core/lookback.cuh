@@ -30,25 +30,10 @@ __device__ __forceinline__ void store_flag(unsigned* flag, unsigned value) {
 // A ticket in launch order: the i-th CTA to start gets i. Call from one thread.
 __device__ __forceinline__ unsigned take_ticket(unsigned* counter) { return atomicAdd(counter, 1u); }
 
-// Called by one thread: the largest k < position whose flag says kInclusive, spinning while a
-// predecessor has published nothing yet. flags[k * stride] is tile k's flag. Tile 0 of every
-// chain publishes its inclusive state without looking back, so the search always ends.
-__device__ __forceinline__ int find_inclusive(unsigned* flags, int stride, int position) {
-  int k = position - 1;
-  while (true) {
-    const unsigned f = load_flag(flags + static_cast<long long>(k) * stride);
-    if (f == kInclusive) return k;
-    if (f == kAggregate) {
-      --k;
-    } else {
-      __nanosleep(20);
-    }
-  }
-}
-
-// The same search done by a whole warp, 32 flags per round trip to L2: the nearest k < position
-// with kInclusive such that every tile between k and position has published at least its
-// aggregate. Spins while a nearer tile has published nothing.
+// Called by a whole warp, 32 flags per round trip to L2: the nearest k < position with
+// kInclusive such that every tile between k and position has published at least its aggregate.
+// Spins while a nearer tile has published nothing. Tile 0 of every chain publishes its inclusive
+// state without looking back, so the search always ends.
 __device__ __forceinline__ int warp_find_inclusive(unsigned* flags, int stride, int position) {
   const int lane = threadIdx.x & 31;
   int hi = position - 1;

@@ -19,17 +19,6 @@ template <class U>
 TensorView<U> blh(U* p, std::int64_t B, std::int64_t L, std::int64_t H, std::int64_t d) {
   return TensorView<U>::contiguous(p, {B, L, H, d}, Memory::kDevice);
 }
-template <class U>
-TensorView<const U> cview(const TensorView<U>& v) {
-  TensorView<const U> c;
-  c.data = v.data;
-  c.rank = v.rank;
-  c.shape = v.shape;
-  c.strides = v.strides;
-  c.memory = v.memory;
-  return c;
-}
-
 // Runs one op: `size(bytes)` asks its workspace, which is carved from `ws` for the duration of
 // `run(workspace, bytes)`; while measuring, nothing runs.
 template <class SizeFn, class RunFn>

@@ -835,7 +835,7 @@ __global__ void __launch_bounds__(256) backward_kernel(BackwardParams p, const T
   sm.gm = sm.mu + Lt * Gt;
   sm.gv = sm.gm + Lt * Gt;
   sm.e1 = sm.gv + Lt * Gt;
-  sm.stats = reinterpret_cast<float2*>((reinterpret_cast<std::uintptr_t>(sm.e1 + 2 * Lt * Gt) + 15) & ~std::uintptr_t{15});
+  sm.stats = reinterpret_cast<float2*>((reinterpret_cast<std::uintptr_t>(sm.e1 + Lt * Gt) + 15) & ~std::uintptr_t{15});
   sm.corr = sm.stats + Lt * Gt;
   sm.prefix = reinterpret_cast<AdjointState*>(sm.corr + Lt);
   sm.window = reinterpret_cast<AdjointAggregate*>(sm.prefix + Gt);

@@ -79,7 +79,7 @@ Plan make_plan(const Problem& p, bool backward, bool partials, std::initializer_
   const std::size_t tile_elems = static_cast<std::size_t>(tl.tile_tokens) * tl.slab_channels;
   const std::size_t pairs = static_cast<std::size_t>(tl.tile_tokens) * tl.slab_groups;
   const std::size_t agg_bytes = backward ? sizeof(kernels::AdjointAggregate) : sizeof(kernels::Aggregate);
-  pl.smem = (backward ? 2 : 1) * tile_elems * sizeof(T) + (backward ? 7 : 3) * pairs * 4 + 8 +
+  pl.smem = (backward ? 2 : 1) * tile_elems * sizeof(T) + (backward ? 6 : 3) * pairs * 4 + 8 +
             (backward ? 8 * static_cast<std::size_t>(tl.tile_tokens) + 24 : 0) +
             static_cast<std::size_t>(tl.slab_groups) * (16 + (kernels::kWindow + 1) * agg_bytes);
 
