@@ -10,6 +10,7 @@
 
 #include "bench_common.cuh"
 #include "gecko/ops/sliding_chunk_attention/launch.cuh"
+#include "gecko/ops/sliding_chunk_attention/launch_gemm.cuh"
 
 namespace gecko::bench {
 namespace {
@@ -74,7 +75,20 @@ std::vector<bf16> random_bf16(std::size_t n, std::uint32_t seed, float amp) {
 
 enum class Mode { kForward, kBackward, kForwardBackward };
 
-void BM_sca(benchmark::State& state, Mode mode) {
+// flash: the fused kernels of launch.cuh; gemm: the cuBLASLt-staged path of launch_gemm.cuh with
+// `group_mib` of logit buffers.
+struct Strategy {
+  bool gemm = false;
+  std::size_t group_mib = 64;
+};
+
+linear::cuda::Context& gemm_context() {
+  static linear::cuda::Context ctx;
+  if (!ctx.ready()) throw_if_error(ctx.init());
+  return ctx;
+}
+
+void BM_sca(benchmark::State& state, Mode mode, Strategy strategy) {
   add_device_context();
   const I64 L = state.range(0);
   const std::size_t nqk = static_cast<std::size_t>(L * kH * kDk), nv = static_cast<std::size_t>(L * kH * kDv);
@@ -114,12 +128,24 @@ void BM_sca(benchmark::State& state, Mode mode) {
   g.dv = dv.view({1, L, kH, kDv});
   set_inputs(g, 0);
   g.dout = dout[0].view({1, L, kH, kDv});
+  sca::cuda::GemmOptions opt;
+  opt.group_bytes = strategy.group_mib << 20;
+  auto& ctx = gemm_context();
+  const auto forward = [&](void* w, std::size_t n) {
+    return strategy.gemm ? sca::cuda::forward(ctx, f, w, n, nullptr, opt) : sca::cuda::forward(f, w, n, nullptr);
+  };
+  const auto backward = [&](void* w, std::size_t n) {
+    return strategy.gemm ? sca::cuda::backward(ctx, g, w, n, nullptr, opt) : sca::cuda::backward(g, w, n, nullptr);
+  };
   std::size_t fws = 0, bws = 0;
-  throw_if_error(sca::cuda::forward_workspace_size(f, fws));
-  throw_if_error(sca::cuda::backward_workspace_size(g, bws));
+  throw_if_error(strategy.gemm ? sca::cuda::forward_workspace_size(ctx, f, fws, opt)
+                               : sca::cuda::forward_workspace_size(f, fws));
+  throw_if_error(strategy.gemm ? sca::cuda::backward_workspace_size(ctx, g, bws, opt)
+                               : sca::cuda::backward_workspace_size(g, bws));
   DeviceBuffer<char> ws(std::max<std::size_t>({fws, bws, std::size_t(1)}));
+  state.counters["workspace_MiB"] = static_cast<double>(ws.size()) / (1 << 20);
   // The backward reads a real forward's out and lse.
-  throw_if_error(sca::cuda::forward(f, ws.data(), ws.size(), nullptr));
+  throw_if_error(forward(ws.data(), ws.size()));
 
   const double fwd_flops = 2.0 * visible_pairs(L) * static_cast<double>(kDk + kDv) * kH;
   double flops = 0;
@@ -130,16 +156,16 @@ void BM_sca(benchmark::State& state, Mode mode) {
       [&](int i) {
         if (mode != Mode::kBackward) {
           set_inputs(f, i);
-          throw_if_error(sca::cuda::forward(f, ws.data(), ws.size(), nullptr));
+          throw_if_error(forward(ws.data(), ws.size()));
         }
         if (mode != Mode::kForward) {
           set_inputs(g, i);
           g.dout = dout[i].view({1, L, kH, kDv});
-          throw_if_error(sca::cuda::backward(g, ws.data(), ws.size(), nullptr));
+          throw_if_error(backward(ws.data(), ws.size()));
         }
       },
       rot, {0, flops});
-  {  // how many 8-CTA clusters of the forward fit the device at once (one CTA per SM)
+  if (!strategy.gemm) {  // how many 8-CTA clusters of the forward fit the device at once (one CTA per SM)
     const kernels::ClusterLayout lay(16, static_cast<int>(kDk), 256);
     cudaLaunchConfig_t cfg{};
     cfg.gridDim = dim3(8 * static_cast<unsigned>(L / 128), kH, 1);
@@ -198,12 +224,17 @@ const bool registered = [] {
   struct Row {
     const char* name;
     Mode mode;
+    Strategy strategy;
   };
-  const Row rows[] = {{"sliding_chunk_attention/fwd_bf16", Mode::kForward},
-                      {"sliding_chunk_attention/bwd_bf16", Mode::kBackward},
-                      {"sliding_chunk_attention/fwd_bwd_bf16", Mode::kForwardBackward}};
+  const Row rows[] = {{"sliding_chunk_attention/fwd_bf16", Mode::kForward, {}},
+                      {"sliding_chunk_attention/bwd_bf16", Mode::kBackward, {}},
+                      {"sliding_chunk_attention/fwd_bwd_bf16", Mode::kForwardBackward, {}},
+                      {"sliding_chunk_attention/gemm_fwd_bf16", Mode::kForward, {true, 64}},
+                      {"sliding_chunk_attention/gemm_bwd_bf16", Mode::kBackward, {true, 64}},
+                      {"sliding_chunk_attention/gemm_fwd_bwd_bf16", Mode::kForwardBackward, {true, 64}},
+                      {"sliding_chunk_attention/gemm_g256_fwd_bwd_bf16", Mode::kForwardBackward, {true, 256}}};
   for (const Row& r : rows) {
-    benchmark::RegisterBenchmark(r.name, BM_sca, r.mode)
+    benchmark::RegisterBenchmark(r.name, BM_sca, r.mode, r.strategy)
         ->Arg(4096)
         ->Arg(16384)
         ->Arg(65536)

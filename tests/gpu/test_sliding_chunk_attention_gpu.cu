@@ -11,6 +11,7 @@
 
 #include "gecko/core/buffer.hpp"
 #include "gecko/ops/sliding_chunk_attention/launch.cuh"
+#include "gecko/ops/sliding_chunk_attention/launch_gemm.cuh"
 #include "gecko/ops/sliding_chunk_attention/reference.hpp"
 #include "test_util.hpp"
 
@@ -78,9 +79,19 @@ std::vector<double> gather(const std::vector<T>& v, I64 B, I64 N, I64 H, I64 d, 
   return out;
 }
 
+// One cuBLASLt context for the GEMM-staged path (created on first use).
+linear::cuda::Context& gemm_context() {
+  static linear::cuda::Context ctx;
+  if (!ctx.ready()) REQUIRE(ctx.init().ok());
+  return ctx;
+}
+
+// gemm: run the GEMM-staged entry points (launch_gemm.cuh) with these options instead of the
+// flash ones (the GEMM entry points fall back to the flash kernels where they do not apply).
 template <class T>
-void run_case(const Case& c, std::uint64_t seed, bool determinism = false) {
-  INFO(test::type_label<T>() << " " << describe(c));
+void run_case(const Case& c, std::uint64_t seed, bool determinism = false,
+              const sca::cuda::GemmOptions* gemm = nullptr) {
+  INFO(test::type_label<T>() << " " << describe(c) << (gemm ? " gemm-staged" : ""));
   const I64 B = c.B, L = c.L, H = c.H, dk = c.dk, dv = c.dv, P = c.P, pad = c.pad;
   const double qk_range = 1.0;
   auto q = test::random_vector<T>(B * L * H * (dk + pad), seed + 1, -qk_range, qk_range);
@@ -186,9 +197,19 @@ void run_case(const Case& c, std::uint64_t seed, bool determinism = false) {
   f.out = padded<T>(out_d.data(), B, L, H, dv, pad, Memory::kDevice);
   f.lse = lse_d.view({B, H, L});
   std::size_t fws = 0;
-  REQUIRE(sca::cuda::forward_workspace_size(f, fws).ok());
+  char* fwork_ptr = nullptr;
+  const auto fwd_size = [&] {
+    return gemm ? sca::cuda::forward_workspace_size(gemm_context(), f, fws, *gemm)
+                : sca::cuda::forward_workspace_size(f, fws);
+  };
+  const auto fwd = [&] {
+    return gemm ? sca::cuda::forward(gemm_context(), f, fwork_ptr, fws, nullptr, *gemm)
+                : sca::cuda::forward(f, fwork_ptr, fws, nullptr);
+  };
+  REQUIRE(fwd_size().ok());
   DeviceBuffer<char> fwork(std::max<std::size_t>(fws, 1));
-  const Status st = sca::cuda::forward(f, fwork.data(), fws, nullptr);
+  fwork_ptr = fwork.data();
+  const Status st = fwd();
   REQUIRE_MESSAGE(st.ok(), st.to_string());
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   const Tol tol = tolerance<T>();
@@ -196,7 +217,7 @@ void run_case(const Case& c, std::uint64_t seed, bool determinism = false) {
   GECKO_CHECK_CLOSE(gather(out_h, B, L, H, dv, pad), out_ref, tol.out, "out");
   GECKO_CHECK_CLOSE(lse_d.download(), lse_ref, tol.lse, "lse");
   if (determinism) {
-    REQUIRE(sca::cuda::forward(f, fwork.data(), fws, nullptr).ok());
+    REQUIRE(fwd().ok());
     REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
     const auto again = out_d.download();
     CHECK(std::memcmp(again.data(), out_h.data(), again.size() * sizeof(T)) == 0);
@@ -227,9 +248,15 @@ void run_case(const Case& c, std::uint64_t seed, bool determinism = false) {
     g.dprev_v = dpv_d.view({B, P, H, dv});
   }
   std::size_t bws = 0;
-  REQUIRE(sca::cuda::backward_workspace_size(g, bws).ok());
+  REQUIRE((gemm ? sca::cuda::backward_workspace_size(gemm_context(), g, bws, *gemm)
+                : sca::cuda::backward_workspace_size(g, bws))
+              .ok());
   DeviceBuffer<char> bwork(std::max<std::size_t>(bws, 1));
-  const Status bst = sca::cuda::backward(g, bwork.data(), bws, nullptr);
+  const auto bwd = [&] {
+    return gemm ? sca::cuda::backward(gemm_context(), g, bwork.data(), bws, nullptr, *gemm)
+                : sca::cuda::backward(g, bwork.data(), bws, nullptr);
+  };
+  const Status bst = bwd();
   REQUIRE_MESSAGE(bst.ok(), bst.to_string());
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   const auto dq_h = dq_d.download(), dk_h = dk_d.download(), dv_h = dv_d.download();
@@ -241,7 +268,7 @@ void run_case(const Case& c, std::uint64_t seed, bool determinism = false) {
     GECKO_CHECK_CLOSE(test::widen(dpv_d.download()), dpv_ref, tol.grad, "dprev_v");
   }
   if (determinism) {
-    REQUIRE(sca::cuda::backward(g, bwork.data(), bws, nullptr).ok());
+    REQUIRE(bwd().ok());
     REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
     const auto dq2 = dq_d.download(), dk2 = dk_d.download(), dv2 = dv_d.download();
     CHECK(std::memcmp(dq2.data(), dq_h.data(), dq2.size() * sizeof(T)) == 0);
@@ -432,6 +459,74 @@ TEST_CASE("gpu sliding chunk attention is deterministic") {
   d.dv = 2048;
   d.backward = false;
   run_case<__nv_bfloat16>(d, 40100, true);
+}
+
+TEST_CASE("gpu sliding chunk attention, GEMM-staged path: shapes, documents, carried K/V, groups") {
+  sca::cuda::GemmOptions one;  // one chunk per group: every group boundary is crossed
+  one.group_bytes = 1;
+  const sca::cuda::GemmOptions all;  // the default budget: all chunks of these small calls in one group
+  int i = 0;
+  for (I64 dk : {64, 128, 256})
+    for (I64 dv : {64, 320, 2048}) {
+      const Case c = sweep_case(dk, dv, i);
+      run_case<__nv_bfloat16>(c, 60000 + 13 * i, false, i % 2 ? &one : &all);
+      ++i;
+    }
+  std::vector<Case> cases;
+  {  // several heads and batches, partial RoPE at a large start, documents, carried chunk
+    Case c;
+    c.B = 2;
+    c.H = 3;
+    c.L = 384;
+    c.C = 128;
+    c.P = 128;
+    c.dk = 128;
+    c.dv = 256;
+    c.segments = true;
+    c.n_rope = 2;
+    c.start = (I64(1) << 28) + 12345;
+    c.base = 500000;
+    cases.push_back(c);
+  }
+  {  // a head size the flash kernels do not take (dk 96), one chunk with a carried one
+    Case c;
+    c.L = 192;
+    c.C = 192;
+    c.P = 192;
+    c.dk = 96;
+    c.dv = 320;
+    c.n_rope = 1;
+    c.segments = true;
+    cases.push_back(c);
+  }
+  {  // backward without saved out / lse
+    Case c;
+    c.L = 256;
+    c.C = 64;
+    c.dk = 64;
+    c.dv = 128;
+    c.H = 2;
+    c.saved = false;
+    c.segments = true;
+    c.n_rope = 1;
+    cases.push_back(c);
+  }
+  std::uint64_t seed = 61000;
+  for (const Case& c : cases) {
+    run_case<__nv_bfloat16>(c, seed += 7, false, &one);
+    run_case<__nv_bfloat16>(c, seed += 7, false, &all);
+  }
+  run_case<__half>(cases[0], 62000, false, &one);
+  run_case<float>(cases[0], 62100, false, &one);  // fp32 GEMMs: tight tolerances
+  run_case<float>(cases[2], 62200, false, &all);
+  run_case<__nv_bfloat16>(cases[0], 62300, true, &one);  // deterministic
+  Case tail;  // a tail call goes to the flash kernels through the same entry point
+  tail.C = 128;
+  tail.L = 57;
+  tail.P = 100;
+  tail.dk = 128;
+  tail.dv = 256;
+  run_case<__nv_bfloat16>(tail, 62400, false, &all);
 }
 
 TEST_CASE("gpu sliding chunk attention rejects unsupported and bad arguments") {

@@ -31,7 +31,7 @@
 #include "gecko/ops/group_norm/launch.cuh"
 #include "gecko/ops/linear/launch.cuh"
 #include "gecko/ops/qk_views/launch.cuh"
-#include "gecko/ops/sliding_chunk_attention/launch.cuh"
+#include "gecko/ops/sliding_chunk_attention/launch_gemm.cuh"
 #include "gecko/ops/swiglu/launch.cuh"
 #include "gecko/ops/timestep_norm/launch.cuh"
 #include "gecko/ops/working_memory/launch.cuh"
@@ -236,8 +236,8 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
   sa.out = blh(s.o_sca, B, L, d.H, d.dv);
   sa.lse = TensorView<float>::device(s.lse, {B, d.H, L});
   GECKO_RETURN_IF_ERROR(stage(
-      ws, [&](std::size_t& b) { return sliding_chunk_attention::cuda::forward_workspace_size(sa, b); },
-      [&](void* p, std::size_t b) { return sliding_chunk_attention::cuda::forward(sa, p, b, st); }));
+      ws, [&](std::size_t& b) { return sliding_chunk_attention::cuda::forward_workspace_size(ctx, sa, b); },
+      [&](void* p, std::size_t b) { return sliding_chunk_attention::cuda::forward(ctx, sa, p, b, st); }));
 
   // Adaptive working memory into scratch, then the gated combination.
   const std::size_t mark = ws.used();
@@ -407,8 +407,8 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
   sb2.dk = blh(gdk, B, L, d.H, d.dz);
   sb2.dv = blh(gF1, B, L, d.H, d.dv);
   GECKO_RETURN_IF_ERROR(stage(
-      ws, [&](std::size_t& b) { return sliding_chunk_attention::cuda::backward_workspace_size(sb2, b); },
-      [&](void* p, std::size_t b) { return sliding_chunk_attention::cuda::backward(sb2, p, b, st); }));
+      ws, [&](std::size_t& b) { return sliding_chunk_attention::cuda::backward_workspace_size(ctx, sb2, b); },
+      [&](void* p, std::size_t b) { return sliding_chunk_attention::cuda::backward(ctx, sb2, p, b, st); }));
   GECKO_RETURN_IF_ERROR(add<T>(ws, gF1, gF1, gF3, R, d.E, st));  // dv = dv_sca + dv_awm
   // v = silu(wv(xn)): dxn (g2) = dpre wv
   GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, linear::Epilogue::kBiasSilu, s.xn, R, d.D, P.t(mp + "wv.weight"),

@@ -16,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include "gecko/core/cuda_check.hpp"
 #include "gecko/core/status.hpp"
@@ -29,7 +30,8 @@ inline Status cublas_status(cublasStatus_t s, const char* what) {
 
 #define GECKO_CUBLAS_RETURN(expr) GECKO_RETURN_IF_ERROR(::gecko::linear::cuda::cublas_status((expr), #expr))
 
-// One column-major GEMM as cuBLASLt sees it: D (m x n, ld ldd) = alpha op(A) op(B) + beta D.
+// One column-major GEMM as cuBLASLt sees it: D (m x n, ld ldd) = alpha op(A) op(B) + beta D,
+// or `batch` of them at constant element strides (cuBLASLt's strided batch).
 struct Gemm {
   cudaDataType_t ab_type = CUDA_R_32F;  // A and B
   cudaDataType_t cd_type = CUDA_R_32F;  // C = D
@@ -43,6 +45,9 @@ struct Gemm {
   std::int64_t ldd = 0;
   float beta = 0.f;                // 0 (overwrite) or 1 (accumulate into D)
   const void* bias = nullptr;      // [m] of cd_type: CUBLASLT_EPILOGUE_BIAS, or null
+  float alpha = 1.f;
+  int batch = 1;                   // strided batch: matrix i at a + i * stride_a, ...
+  std::int64_t stride_a = 0, stride_b = 0, stride_d = 0;
 };
 
 class Context {
@@ -111,7 +116,7 @@ class Context {
     if (g.bias)
       GECKO_CUBLAS_RETURN(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias,
                                                          sizeof(g.bias)));
-    const float alpha = 1.f, beta = g.beta;
+    const float alpha = g.alpha, beta = g.beta;
     GECKO_CUBLAS_RETURN(cublasLtMatmul(handle_, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, g.d, plan.d, g.d,
                                        plan.d, &plan.algo, workspace, plan.workspace, stream));
     return Status::success();
@@ -119,8 +124,9 @@ class Context {
 
  private:
   // Everything the plan depends on: types, transposes, sizes, leading dimensions, whether beta is
-  // zero, the epilogue and the pointers' alignments (the heuristic filters algorithms on them).
-  using Key = std::array<std::int64_t, 16>;
+  // zero, the epilogue, the batch and the pointers' alignments (the heuristic filters algorithms
+  // on them).
+  using Key = std::array<std::int64_t, 20>;
 
   struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
@@ -148,7 +154,8 @@ class Context {
     return Key{g.ab_type,        g.cd_type,       g.trans_a,       g.trans_b,          g.m,
                g.n,              g.k,             g.lda,           g.ldb,              g.ldd,
                g.beta != 0.f,    g.bias != nullptr, alignment(g.a), alignment(g.b),     alignment(g.d),
-               g.bias ? alignment(g.bias) : 0};
+               g.bias ? alignment(g.bias) : 0,
+               g.batch,          g.stride_a,      g.stride_b,      g.stride_d};
   }
 
   Status create_plan(const Gemm& g, Plan& plan) {
@@ -169,6 +176,17 @@ class Context {
     GECKO_CUBLAS_RETURN(cublasLtMatrixLayoutCreate(&plan.a, g.ab_type, g.trans_a ? g.k : g.m, g.trans_a ? g.m : g.k, g.lda));
     GECKO_CUBLAS_RETURN(cublasLtMatrixLayoutCreate(&plan.b, g.ab_type, g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n, g.ldb));
     GECKO_CUBLAS_RETURN(cublasLtMatrixLayoutCreate(&plan.d, g.cd_type, g.m, g.n, g.ldd));
+    if (g.batch > 1) {
+      const std::int32_t count = g.batch;
+      const std::pair<cublasLtMatrixLayout_t, std::int64_t> layouts[3] = {
+          {plan.a, g.stride_a}, {plan.b, g.stride_b}, {plan.d, g.stride_d}};
+      for (const auto& [layout, stride] : layouts) {
+        GECKO_CUBLAS_RETURN(
+            cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+        GECKO_CUBLAS_RETURN(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                             &stride, sizeof(stride)));
+      }
+    }
 
     cublasLtMatmulPreference_t pref = nullptr;
     GECKO_CUBLAS_RETURN(cublasLtMatmulPreferenceCreate(&pref));
