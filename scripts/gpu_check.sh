@@ -41,6 +41,12 @@ fi
 step "demo"
 "$HERE/gecko_demo" 2>&1 | tee -a "$LOG"
 
+if [ "${GECKO_SKIP_STREAM:-0}" != 1 ]; then
+  step "stream 4,194,304 tokens through the 7B block"
+  timeout 400 "$HERE/gecko_stream_long_context" "${GECKO_STREAM_TOKENS:-4194304}" 262144 --json "$OUT/stream.json" 2>&1 |
+    tr '\r' '\n' | grep -v 'streaming:' | tee -a "$LOG"
+fi
+
 if [ "${GECKO_SKIP_PEER:-0}" != 1 ] && python3 -c "import torch" 2>/dev/null; then
   step "peer: Llama2-7B block (PyTorch SDPA)"
   python3 "$HERE/llama2_block.py" "$OUT/llama2_block.json" 4096 16384 32768 2>&1 | tee -a "$LOG"

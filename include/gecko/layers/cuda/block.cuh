@@ -151,10 +151,31 @@ struct BlockInputs {
   TensorView<const std::int64_t> segment_idx;  // [B, L] or empty
 };
 
+// The carried state of a streaming call (stream.cuh), as views: what the call reads and where the
+// ops write the state after it. Null for a training call (a stream of its own from position 0).
+template <class T>
+struct StreamIO {
+  std::int64_t position = 0;  // tokens before this call (RoPE start)
+  bool fresh = true;          // no call before: zero priors
+  // timestep norm (ping-pong: in and out are different buffers)
+  TensorView<const std::int64_t> norm_count;
+  TensorView<const float> norm_mean, norm_var;
+  TensorView<std::int64_t> norm_count_out;
+  TensorView<float> norm_mean_out, norm_var_out;
+  // complex EMA, updated in place
+  TensorView<float> cema_h;
+  // attention cache of P tokens (empty views when P = 0): rotated keys, raw ak, values
+  TensorView<const T> sca_k, awm_k, v;
+  // working memory, updated in place; `has_memory` says whether it holds one yet
+  bool has_memory = false;
+  TensorView<float> memory, log_norm;
+};
+
 // The forward: out = block(x). `act` receives what the backward needs.
 template <class T>
 Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, const DeviceParameters<T>& P, const Dims& d,
-                          const T* x, const BlockInputs& in, T* out, Arena& act_arena, Arena& ws, cudaStream_t st) {
+                          const T* x, const BlockInputs& in, T* out, Arena& act_arena, Arena& ws, cudaStream_t st,
+                          const StreamIO<T>* so = nullptr) {
   using namespace detail;
   const std::string mp = block::kMegaPrefix, np = block::kNffnPrefix;
   const auto s = BlockActivations<T>::carve(act_arena, d);
@@ -173,6 +194,16 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
   tn.bias = P.t(mp + "timenorm.bias");
   tn.bos_mask = in.bos_mask;
   tn.y = bl(s.xn, B, L, d.D);
+  if (so) {
+    if (!so->fresh) {
+      tn.prev_count = so->norm_count;
+      tn.prev_mean = so->norm_mean;
+      tn.prev_var = so->norm_var;
+    }
+    tn.count = so->norm_count_out;
+    tn.mean = so->norm_mean_out;
+    tn.var = so->norm_var_out;
+  }
   const timestep_norm::cuda::Saved tn_saved{TensorView<float>::device(s.tn_stats, {B, L, d.G, 2}),
                                             TensorView<float>::device(s.tn_corr, {B, L, 2})};
   GECKO_RETURN_IF_ERROR(stage(
@@ -188,6 +219,10 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
   ce.theta = P.f(mp + "cema.theta");
   ce.gamma = P.f(mp + "cema.gamma");
   ce.y = bl(s.xc, B, L, d.D);
+  if (so) {
+    if (!so->fresh) ce.h0 = so->cema_h;
+    ce.h_out = so->cema_h;
+  }
   const cema::cuda::Saved ce_saved{
       TensorView<float>::device(s.cema_states, {cema::cuda::time_tiles(L), B, d.D, d.N, 2})};
   GECKO_RETURN_IF_ERROR(stage(
@@ -228,11 +263,15 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
   // Sliding chunk attention (RoPE inside).
   sliding_chunk_attention::ForwardArgs<T> sa;
   sa.chunk = d.C;
-  sa.rope = c.rope(0);
+  sa.rope = c.rope(so ? so->position : 0);
   sa.q = blh<const T>(s.q, B, L, d.H, d.dz);
   sa.k = blh<const T>(s.k, B, L, d.H, d.dz);
   sa.v = blh<const T>(s.v, B, L, d.H, d.dv);
   sa.segment_idx = in.segment_idx;
+  if (so && !so->sca_k.empty()) {
+    sa.prev_k = so->sca_k;
+    sa.prev_v = so->v;
+  }
   sa.out = blh(s.o_sca, B, L, d.H, d.dv);
   sa.lse = TensorView<float>::device(s.lse, {B, d.H, L});
   GECKO_RETURN_IF_ERROR(stage(
@@ -253,6 +292,18 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
   wm.out = blh(o_awm, B, L, d.H, d.dv);
   wm.memory_out = TensorView<float>::device(mem, {B, d.H, d.dz, d.dv});
   wm.log_norm_out = TensorView<float>::device(lnorm, {B, d.H, d.dz});
+  if (so) {
+    if (so->has_memory) {
+      wm.memory = so->memory;
+      wm.log_norm = so->log_norm;
+    }
+    if (!so->awm_k.empty()) {
+      wm.prev_k = so->awm_k;
+      wm.prev_v = so->v;
+    }
+    wm.memory_out = so->memory;  // in place (working_memory/args.hpp allows it)
+    wm.log_norm_out = so->log_norm;
+  }
   GECKO_RETURN_IF_ERROR(stage(
       ws, [&](std::size_t& b) { return working_memory::cuda::forward_workspace_size(wm, b); },
       [&](void* p, std::size_t b) { return working_memory::cuda::forward(wm, p, b, st); }));

@@ -1,0 +1,275 @@
+// Streaming inference through a Gecko block on the GPU: chunked prefill and token-by-token
+// decoding with a state whose size does not depend on how many tokens went through.
+//
+// BlockStream<T> owns, on the device, what the MEGA layer carries between calls (mega/state.hpp
+// is the same contract on the host): the timestep-norm statistics, the complex EMA state, the
+// working memory and its log-normaliser, and the attention cache of the tokens the memory has not
+// absorbed yet (at most 2C - 1: the previous chunk and the current one so far) as rotated keys,
+// raw working-memory keys and values. The feed-forward has no state.
+//
+// Call rule (as the CPU stream): a call of L tokens at position p either stays inside one chunk
+// (p mod C + L <= C; decoding is L = 1) or is a whole number of chunks starting at a chunk
+// boundary (prefill). Document ids (segment_idx) are not supported on this path yet; bos_mask
+// resets are.
+//
+// Each call runs the block's forward (block.cuh) with the state views, then appends the call's
+// keys and values to the cache in place; when the call ends a chunk the cache is cut to the last
+// C tokens into the second cache buffer (one copy per chunk, not per token). Activations and
+// workspace for a call are owned here and grow to the largest call seen (the only allocations);
+// nothing is allocated or synchronized once they have.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+
+#include "gecko/core/buffer.hpp"
+#include "gecko/layers/cuda/block.cuh"
+#include "gecko/ops/rope/args.hpp"
+#include "gecko/ops/sliding_chunk_attention/kernel_prep.cuh"  // Theta, rope_cos_sin
+
+namespace gecko::layers::cuda {
+
+namespace stream_kernels {
+
+using i64 = std::int64_t;
+
+// dst row dst_row0 + i (i < n) of a [B, cap, H, d] cache <- old row old_row0 + i for i < n_old,
+// else call row now_row0 + i - n_old of a dense [B, L, H, d] tensor, rotated (heads < n_rope) at
+// position pos0 + its call row. One thread per (b, i, h, element pair).
+template <class T>
+__global__ void cache_rows_kernel(T* __restrict__ dst, i64 dst_sb, int dst_row0, int n, const T* old_rows, i64 old_sb,
+                                  int old_row0, int n_old, const T* __restrict__ now, i64 now_sb, int now_row0, int H,
+                                  int d, int n_rope, i64 pos0, i64 total,
+                                  const __grid_constant__ sliding_chunk_attention::kernels::Theta theta) {
+  const int pairs = (d + 1) / 2;
+  for (i64 idx = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<i64>(gridDim.x) * blockDim.x) {
+    const int pr = static_cast<int>(idx % pairs);
+    i64 rest = idx / pairs;
+    const int h = static_cast<int>(rest % H);
+    rest /= H;
+    const int i = static_cast<int>(rest % n);
+    const int b = static_cast<int>(rest / n);
+    const i64 col = static_cast<i64>(h) * d + 2 * pr;
+    T* out = dst + b * dst_sb + static_cast<i64>(dst_row0 + i) * H * d + col;
+    const bool has2 = 2 * pr + 1 < d;
+    if (i < n_old) {
+      const T* src = old_rows + b * old_sb + static_cast<i64>(old_row0 + i) * H * d + col;
+      out[0] = src[0];
+      if (has2) out[1] = src[1];
+      continue;
+    }
+    const int r = now_row0 + i - n_old;
+    const T* src = now + b * now_sb + static_cast<i64>(r) * H * d + col;
+    if (h < n_rope) {
+      const float x0 = to_float(src[0]), x1 = to_float(src[1]);
+      float c, s;
+      sliding_chunk_attention::kernels::rope_cos_sin(pos0 + r, theta.v[pr], c, s);
+      out[0] = from_float<T>(x0 * c - x1 * s);
+      out[1] = from_float<T>(x0 * s + x1 * c);
+    } else {
+      out[0] = src[0];
+      if (has2) out[1] = src[1];
+    }
+  }
+}
+
+}  // namespace stream_kernels
+
+template <class T>
+class BlockStream {
+ public:
+  // Allocates the state of `batch` sequences for config c (fixed size whatever the stream length).
+  Status init(const GeckoConfig& c, std::int64_t batch) {
+    GECKO_RETURN_IF_ERROR(validate(c));
+    if (batch < 1) return invalid_argument("BlockStream::init: batch must be >= 1, got " + std::to_string(batch));
+    if (c.timenorm_beta_precision != timestep_norm::BetaPrecision::kExact)
+      return unsupported("the GPU block computes the timestep norm with exact beta (config.timenorm_beta_precision)");
+    if (c.rope(0).enabled() && c.z_head_dim() / 2 > sliding_chunk_attention::kernels::kMaxPairs)
+      return unsupported("BlockStream: RoPE on heads wider than " +
+                         std::to_string(2 * sliding_chunk_attention::kernels::kMaxPairs));
+    c_ = c;
+    B_ = batch;
+    const std::size_t B = static_cast<std::size_t>(batch), G = c.timenorm_num_groups, D = c.model_dim;
+    const std::size_t H = c.num_heads, dz = c.z_head_dim(), dv = c.v_head_dim(), cap = 2 * c.chunk_size;
+    try {
+      for (int i = 0; i < 2; ++i) {
+        count_[i].resize(B);
+        mean_[i].resize(B * G);
+        var_[i].resize(B * G);
+        sca_k_[i].resize(B * cap * H * dz);
+        awm_k_[i].resize(B * cap * H * dz);
+        v_[i].resize(B * cap * H * dv);
+      }
+      cema_h_.resize(B * D * c.cema_ndim * 2);
+      memory_.resize(B * H * dz * dv);
+      log_norm_.resize(B * H * dz);
+    } catch (const Error& e) {
+      return Status(StatusCode::kCudaError, std::string("BlockStream::init: ") + e.what());
+    }
+    reset();
+    return Status::success();
+  }
+
+  // Starts a new stream (the next call is at position 0; old state contents are never read).
+  void reset() {
+    position_ = cached_ = 0;
+    has_memory_ = false;
+    cur_ = tn_ = 0;
+  }
+
+  std::int64_t position() const { return position_; }
+  std::int64_t cached() const { return cached_; }
+  // Device bytes of the carried state (constant for the stream's life).
+  std::size_t state_bytes() const {
+    std::size_t n = cema_h_.size() * 4 + memory_.size() * 4 + log_norm_.size() * 4;
+    for (int i = 0; i < 2; ++i)
+      n += count_[i].size() * 8 + (mean_[i].size() + var_[i].size()) * 4 +
+           (sca_k_[i].size() + awm_k_[i].size() + v_[i].size()) * sizeof(T);
+    return n;
+  }
+  // Device bytes of activations and workspace held for calls (grows to the largest call).
+  std::size_t scratch_bytes() const { return act_.size() + ws_.size(); }
+
+  // out = block(x), continuing the stream. x, out: [B, L, D] dense device tensors; bos_mask
+  // [B, L] or empty.
+  Status forward(linear::cuda::Context& ctx, const DeviceParameters<T>& P, const TensorView<const T>& x,
+                 const TensorView<const std::uint8_t>& bos_mask, const TensorView<T>& out, cudaStream_t stream) {
+    if (B_ == 0) return invalid_argument("BlockStream::forward: call init() first");
+    if (x.empty() || x.rank != 3) return invalid_argument("x must be a [B, L, D] device tensor, got " + x.shape_string());
+    GECKO_RETURN_IF_ERROR(check_memory(x, "x", Memory::kDevice));
+    GECKO_RETURN_IF_ERROR(check_contiguous(x, "x"));
+    const std::int64_t L = x.size(1), C = c_.chunk_size;
+    if (x.size(0) != B_ || x.size(2) != c_.model_dim)
+      return invalid_argument("x has shape " + x.shape_string() + ", expected [" + std::to_string(B_) + ", L, " +
+                              std::to_string(c_.model_dim) + "] (the stream's batch and model_dim)");
+    if (L < 1) return invalid_argument("x holds no tokens (L = 0)");
+    GECKO_RETURN_IF_ERROR(check_shape(out, "out", {B_, L, c_.model_dim}));
+    GECKO_RETURN_IF_ERROR(check_memory(out, "out", Memory::kDevice));
+    GECKO_RETURN_IF_ERROR(check_contiguous(out, "out"));
+    if (!bos_mask.empty()) {
+      GECKO_RETURN_IF_ERROR(check_shape(bos_mask, "bos_mask", {B_, L}));
+      GECKO_RETURN_IF_ERROR(check_memory(bos_mask, "bos_mask", Memory::kDevice));
+      GECKO_RETURN_IF_ERROR(check_contiguous(bos_mask, "bos_mask"));
+    }
+    const std::int64_t in_chunk = position_ % C;
+    if (!(in_chunk + L <= C || (in_chunk == 0 && L % C == 0)))
+      return invalid_argument("a streaming call stays inside one chunk or is whole chunks from a chunk boundary: "
+                              "position " + std::to_string(position_) + " (" + std::to_string(in_chunk) +
+                              " into a chunk of C=" + std::to_string(C) + ") with L=" + std::to_string(L));
+
+    const Dims d = Dims::of(c_, B_, L);
+    const StreamIO<T> so = views();
+    const BlockInputs in{bos_mask, {}};
+    // Size the call, grow the owned regions if needed, run it.
+    {
+      auto ma = Arena::measure(), mw = Arena::measure();
+      GECKO_RETURN_IF_ERROR(block_forward_impl<T>(ctx, c_, P, d, x.data, in, out.data, ma, mw, nullptr, &so));
+      try {
+        if (ma.peak() > act_.size()) act_.resize(ma.peak());
+        if (mw.peak() > ws_.size()) ws_.resize(mw.peak());
+      } catch (const Error& e) {
+        return Status(StatusCode::kCudaError, std::string("BlockStream: ") + e.what());
+      }
+    }
+    Arena act(act_.data(), act_.size()), ws(ws_.data(), ws_.size());
+    GECKO_RETURN_IF_ERROR(block_forward_impl<T>(ctx, c_, P, d, x.data, in, out.data, act, ws, stream, &so));
+    // The call's q/k/v views live at fixed places of the activation region.
+    Arena again(act_.data(), act_.size());
+    const auto s = BlockActivations<T>::carve(again, d);
+    return advance(d, s, stream);
+  }
+
+ private:
+  StreamIO<T> views() const {
+    const std::int64_t B = B_, G = c_.timenorm_num_groups, H = c_.num_heads, dz = c_.z_head_dim(), dv = c_.v_head_dim();
+    const std::int64_t cap = 2 * c_.chunk_size, P = cached_;
+    StreamIO<T> so;
+    so.position = position_;
+    so.fresh = position_ == 0;
+    so.norm_count = TensorView<const std::int64_t>::device(count_[tn_].data(), {B});
+    so.norm_mean = TensorView<const float>::device(mean_[tn_].data(), {B, G});
+    so.norm_var = TensorView<const float>::device(var_[tn_].data(), {B, G});
+    so.norm_count_out = TensorView<std::int64_t>::device(count_[1 - tn_].data(), {B});
+    so.norm_mean_out = TensorView<float>::device(mean_[1 - tn_].data(), {B, G});
+    so.norm_var_out = TensorView<float>::device(var_[1 - tn_].data(), {B, G});
+    so.cema_h = TensorView<float>::device(cema_h_.data(), {B, c_.model_dim, c_.cema_ndim, 2});
+    if (P > 0) {
+      const auto cache = [&](const T* p, std::int64_t dd) {
+        return TensorView<const T>::strided(p, {B, P, H, dd}, {cap * H * dd, H * dd, dd, 1}, Memory::kDevice);
+      };
+      so.sca_k = cache(sca_k_[cur_].data(), dz);
+      so.awm_k = cache(awm_k_[cur_].data(), dz);
+      so.v = cache(v_[cur_].data(), dv);
+    }
+    so.has_memory = has_memory_;
+    so.memory = TensorView<float>::device(memory_.data(), {B, H, dz, dv});
+    so.log_norm = TensorView<float>::device(log_norm_.data(), {B, H, dz});
+    return so;
+  }
+
+  // dst rows [0, n) of buffer `to` <- rows [len - n, len) of [cache (P rows of `from`) ; call rows].
+  Status copy_rows(T* to, const T* from, int dst_row0, int n, int n_old, int old_row0, const T* now, int now_row0,
+                   std::int64_t L, std::int64_t dd, bool rotate, cudaStream_t stream) const {
+    const std::int64_t H = c_.num_heads, cap = 2 * c_.chunk_size;
+    const std::int64_t total = B_ * n * H * ((dd + 1) / 2);
+    if (total == 0) return Status::success();
+    sliding_chunk_attention::kernels::Theta th{};
+    const rope::RopeConfig rc = c_.rope(position_);
+    int n_rope = 0;
+    if (rotate && rc.enabled()) {
+      n_rope = rc.n_rope_heads;
+      for (int i = 0; i < dd / 2; ++i) th.v[i] = rope::inv_freq(rc.base, dd, i);
+    }
+    const int grid = static_cast<int>(std::min<std::int64_t>((total + 255) / 256, 65536));
+    stream_kernels::cache_rows_kernel<T><<<grid, 256, 0, stream>>>(
+        to, cap * H * dd, dst_row0, n, from, cap * H * dd, old_row0, n_old, now, L * H * dd, now_row0,
+        static_cast<int>(H), static_cast<int>(dd), n_rope, position_, total, th);
+    return last_launch_status("BlockStream cache update");
+  }
+
+  Status advance(const Dims& d, const BlockActivations<T>& s, cudaStream_t stream) {
+    const std::int64_t L = d.L, C = c_.chunk_size, P = cached_, len = P + L;
+    const bool ends = (position_ + L) % C == 0;
+    const std::int64_t keep = ends ? std::min(len, C) : len;
+    struct Cache {
+      DeviceBuffer<T>* buf;
+      const T* now;
+      std::int64_t dd;
+      bool rotate;
+    };
+    const Cache caches[3] = {{sca_k_, s.k, d.dz, true}, {awm_k_, s.ak, d.dz, false}, {v_, s.v, d.dv, false}};
+    for (const Cache& k : caches) {
+      if (!ends) {  // append in place: rows [P, P + L)
+        GECKO_RETURN_IF_ERROR(copy_rows(k.buf[cur_].data(), k.buf[cur_].data(), static_cast<int>(P),
+                                        static_cast<int>(L), 0, 0, k.now, 0, L, k.dd, k.rotate, stream));
+      } else {  // the last `keep` rows of [cache ; call] into the other buffer
+        const std::int64_t first = len - keep, n_old = std::max<std::int64_t>(0, P - first);
+        GECKO_RETURN_IF_ERROR(copy_rows(k.buf[1 - cur_].data(), k.buf[cur_].data(), 0, static_cast<int>(keep),
+                                        static_cast<int>(n_old), static_cast<int>(first), k.now,
+                                        static_cast<int>(std::max<std::int64_t>(0, first - P)), L, k.dd, k.rotate,
+                                        stream));
+      }
+    }
+    if (ends) cur_ = 1 - cur_;
+    tn_ = 1 - tn_;
+    has_memory_ = has_memory_ || position_ + L >= C;  // the working memory exists once a chunk completed
+    cached_ = keep;
+    position_ += L;
+    return Status::success();
+  }
+
+  GeckoConfig c_;
+  std::int64_t B_ = 0, position_ = 0, cached_ = 0;
+  bool has_memory_ = false;
+  int cur_ = 0, tn_ = 0;
+  DeviceBuffer<std::int64_t> count_[2];
+  DeviceBuffer<float> mean_[2], var_[2];
+  DeviceBuffer<T> sca_k_[2], awm_k_[2], v_[2];  // [B, 2C, H, d]
+  DeviceBuffer<float> cema_h_, memory_, log_norm_;
+  DeviceBuffer<char> act_, ws_;
+};
+
+}  // namespace gecko::layers::cuda

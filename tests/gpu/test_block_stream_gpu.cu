@@ -1,0 +1,181 @@
+// Streaming inference through the GPU block (layers/cuda/stream.cuh): a stream cut into prefill
+// chunks, calls inside a chunk and one-token decoding steps against the CPU block streaming the
+// same calls (double), with bos resets; the same tokens streamed equal one training-path forward;
+// the state stays the same size; bad calls get clear errors.
+#include <doctest/doctest.h>
+
+#include <random>
+
+#include "gecko/core/buffer.hpp"
+#include "gecko/layers/block/reference.hpp"
+#include "gecko/layers/cuda/stream.cuh"
+#include "gecko/layers/init.hpp"
+#include "test_util.hpp"
+
+using namespace gecko;
+using namespace gecko::layers;
+using I64 = std::int64_t;
+
+namespace {
+
+GeckoConfig small_config() {
+  GeckoConfig c;
+  c.model_dim = 256;
+  c.z_dim = 256;  // 2 heads of 128
+  c.value_dim = 256;
+  c.num_heads = 2;
+  c.cema_ndim = 4;
+  c.chunk_size = 64;
+  c.timenorm_num_groups = 4;
+  c.timenorm_beta1 = 0.99;
+  c.timenorm_beta2 = 0.999;
+  c.ffn_hidden_dim = 512;
+  c.rope_base = 10000.0;
+  return c;
+}
+
+ParameterSet make_params(const GeckoConfig& c) {
+  auto params = block::make_parameters(c);
+  init_parameters(params, 11);
+  std::mt19937_64 rng(5);
+  std::normal_distribution<double> nd(0.0, 0.2);
+  for (const auto& n : params.names())
+    if (n.find("norm.") != std::string::npos || n.find("gamma") != std::string::npos || n.find("beta") != std::string::npos)
+      for (auto& v : params.find(n)->data) v += nd(rng);
+  return params;
+}
+
+// Prefill chunk, pieces of a chunk, decode steps, a piece that ends a chunk, two chunks at once.
+const std::vector<I64> kCalls = {64, 5, 20, 39, 1, 1, 1, 61, 128, 1, 3, 1};
+
+template <class T>
+void run_stream(double tol) {
+  const GeckoConfig c = small_config();
+  const I64 B = 2, D = c.model_dim;
+  I64 total = 0;
+  for (I64 l : kCalls) total += l;
+  CAPTURE(test::type_label<T>());
+  const auto params = make_params(c);
+  auto xh = test::random_vector<T>(B * total * D, 31, -2, 2);
+  std::vector<std::uint8_t> bos(B * total, 0);
+  bos[1 * total + 100] = 1;  // a document starts inside the stream of row 1
+  bos[0 * total + 0] = 1;
+
+  linear::cuda::Context ctx;
+  REQUIRE(ctx.init().ok());
+  layers::cuda::DeviceParameters<T> P;
+  REQUIRE(P.upload(params).ok());
+  layers::cuda::BlockStream<T> gs;
+  REQUIRE(gs.init(c, B).ok());
+  const std::size_t state_bytes = gs.state_bytes();
+  block::State cs;
+
+  I64 pos = 0;
+  for (I64 L : kCalls) {
+    CAPTURE(pos);
+    CAPTURE(L);
+    // This call's slice of x and bos, [B, L, ...].
+    std::vector<T> xs(B * L * D);
+    std::vector<std::uint8_t> bs(B * L);
+    for (I64 b = 0; b < B; ++b) {
+      std::copy_n(xh.begin() + (b * total + pos) * D, L * D, xs.begin() + b * L * D);
+      std::copy_n(bos.begin() + b * total + pos, L, bs.begin() + b * L);
+    }
+    auto xd = test::widen(xs);
+    std::vector<double> ref(B * L * D);
+    block::ForwardArgs<double> fa;
+    fa.x = host_view(xd, {B, L, D});
+    fa.bos_mask = host_view(bs, {B, L});
+    fa.out = host_view(ref, {B, L, D});
+    REQUIRE(block::cpu::forward(c, params, fa, &cs).ok());
+
+    DeviceBuffer<T> x_d, out_d(B * L * D);
+    DeviceBuffer<std::uint8_t> b_d;
+    x_d.upload(xs);
+    b_d.upload(bs);
+    const Status st = gs.forward(ctx, P, TensorView<const T>::device(x_d.data(), {B, L, D}),
+                                 TensorView<const std::uint8_t>::device(b_d.data(), {B, L}), out_d.view({B, L, D}),
+                                 nullptr);
+    REQUIRE_MESSAGE(st.ok(), st.to_string());
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    GECKO_CHECK_CLOSE(test::widen(out_d.download()), ref, tol, "stream out");
+    pos += L;
+    CHECK(gs.position() == pos);
+    CHECK(gs.cached() == cs.cached);
+    CHECK(gs.state_bytes() == state_bytes);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("gpu block stream matches the CPU stream call by call") {
+  run_stream<float>(1e-4);
+  run_stream<__nv_bfloat16>(3e-2);
+}
+
+TEST_CASE("gpu block stream equals one training-path forward over the same tokens") {
+  using T = __nv_bfloat16;
+  const GeckoConfig c = small_config();
+  const I64 B = 1, D = c.model_dim, L = 5 * c.chunk_size;
+  const auto params = make_params(c);
+  auto xh = test::random_vector<T>(B * L * D, 41, -2, 2);
+  linear::cuda::Context ctx;
+  REQUIRE(ctx.init().ok());
+  layers::cuda::DeviceParameters<T> P;
+  REQUIRE(P.upload(params).ok());
+  DeviceBuffer<T> x_d, full_d(B * L * D), part_d(B * L * D);
+  x_d.upload(xh);
+  layers::cuda::BlockCall<T> call;
+  call.x = x_d.view({B, L, D});
+  layers::cuda::BlockPlan plan;
+  REQUIRE(layers::cuda::block_plan(ctx, c, P, call, plan).ok());
+  DeviceBuffer<char> act(plan.activation_bytes), ws(plan.workspace_bytes);
+  REQUIRE(layers::cuda::block_forward(ctx, c, P, call, full_d.view({B, L, D}), act.data(), act.size(), ws.data(),
+                                      ws.size(), nullptr)
+              .ok());
+  layers::cuda::BlockStream<T> gs;
+  REQUIRE(gs.init(c, B).ok());
+  I64 pos = 0;
+  for (I64 l : {64, 7, 57, 1, 1, 62, 128}) {
+    const Status st = gs.forward(ctx, P, TensorView<const T>::device(x_d.data() + pos * D, {B, l, D}), {},
+                                 TensorView<T>::device(part_d.data() + pos * D, {B, l, D}), nullptr);
+    REQUIRE_MESSAGE(st.ok(), st.to_string());
+    pos += l;
+  }
+  REQUIRE(pos == L);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  GECKO_CHECK_CLOSE(test::widen(part_d.download()), test::widen(full_d.download()), 2e-2, "stream vs full");
+}
+
+TEST_CASE("gpu block stream rejects bad calls") {
+  using T = float;
+  const GeckoConfig c = small_config();
+  const I64 D = c.model_dim;
+  linear::cuda::Context ctx;
+  REQUIRE(ctx.init().ok());
+  layers::cuda::DeviceParameters<T> P;
+  REQUIRE(P.upload(make_params(c)).ok());
+  DeviceBuffer<T> x(2 * 128 * D), out(2 * 128 * D);
+  layers::cuda::BlockStream<T> gs;
+  {
+    const Status s = gs.forward(ctx, P, TensorView<const T>::device(x.data(), {1, 1, D}), {}, out.view({1, 1, D}), nullptr);
+    CHECK(s.message().find("init") != std::string::npos);
+  }
+  CHECK(gs.init(c, 0).code() == StatusCode::kInvalidArgument);
+  REQUIRE(gs.init(c, 1).ok());
+  {
+    const Status s = gs.forward(ctx, P, TensorView<const T>::device(x.data(), {2, 1, D}), {}, out.view({2, 1, D}), nullptr);
+    CHECK(s.message().find("batch") != std::string::npos);
+  }
+  REQUIRE(gs.forward(ctx, P, TensorView<const T>::device(x.data(), {1, 5, D}), {}, out.view({1, 5, D}), nullptr).ok());
+  {  // 5 tokens in: 64 more would cross the chunk boundary
+    const Status s = gs.forward(ctx, P, TensorView<const T>::device(x.data(), {1, 64, D}), {}, out.view({1, 64, D}), nullptr);
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+    CHECK(s.message().find("inside one chunk") != std::string::npos);
+  }
+  {
+    const Status s = gs.forward(ctx, P, TensorView<const T>::device(x.data(), {1, 3, D}), {}, out.view({1, 4, D}), nullptr);
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+  }
+  CHECK(gs.position() == 5);  // rejected calls leave the stream where it was
+}
