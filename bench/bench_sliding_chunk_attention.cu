@@ -229,10 +229,10 @@ const bool registered = [] {
   const Row rows[] = {{"sliding_chunk_attention/fwd_bf16", Mode::kForward, {}},
                       {"sliding_chunk_attention/bwd_bf16", Mode::kBackward, {}},
                       {"sliding_chunk_attention/fwd_bwd_bf16", Mode::kForwardBackward, {}},
-                      {"sliding_chunk_attention/gemm_fwd_bf16", Mode::kForward, {true, 64}},
-                      {"sliding_chunk_attention/gemm_bwd_bf16", Mode::kBackward, {true, 64}},
-                      {"sliding_chunk_attention/gemm_fwd_bwd_bf16", Mode::kForwardBackward, {true, 64}},
-                      {"sliding_chunk_attention/gemm_g256_fwd_bwd_bf16", Mode::kForwardBackward, {true, 256}}};
+                      {"sliding_chunk_attention/gemm_fwd_bf16", Mode::kForward, {true, 256}},
+                      {"sliding_chunk_attention/gemm_bwd_bf16", Mode::kBackward, {true, 256}},
+                      {"sliding_chunk_attention/gemm_g64_fwd_bwd_bf16", Mode::kForwardBackward, {true, 64}},
+                      {"sliding_chunk_attention/gemm_fwd_bwd_bf16", Mode::kForwardBackward, {true, 256}}};
   for (const Row& r : rows) {
     benchmark::RegisterBenchmark(r.name, BM_sca, r.mode, r.strategy)
         ->Arg(4096)

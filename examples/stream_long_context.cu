@@ -87,7 +87,8 @@ int run_gpu(std::int64_t tokens, std::int64_t every, const char* json_path) {
   while (stream.position() < tokens) {
     call(C, which++);
     window_tokens += C;
-    if (stream.position() % every == 0 || stream.position() >= tokens) {
+    const std::int64_t at = stream.position();
+    if (at % every == 0 || at >= tokens || at == 4096 || at == 16384 || at == 65536) {
       throw_if_error(cuda_status(cudaStreamSynchronize(st), "sync"));
       const double prefill_us =
           std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - window).count() /

@@ -6,7 +6,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 gecko_install_deps
 gecko_configure
-cmake --build "$GECKO_BUILD_DIR" -j "$GECKO_JOBS" --target gecko_gpu_tests gecko_bench gecko_demo
+cmake --build "$GECKO_BUILD_DIR" -j "$GECKO_JOBS" --target gecko_gpu_tests gecko_bench gecko_demo gecko_stream_long_context gecko_train_tiny
 B="$GECKO_ROOT/.gpu"
 rm -rf "$B" && mkdir -p "$B/golden"
 cp "$GECKO_BUILD_DIR/tests/gecko_gpu_tests" "$GECKO_BUILD_DIR/bench/gecko_bench" "$GECKO_BUILD_DIR/examples/gecko_demo" "$B/"

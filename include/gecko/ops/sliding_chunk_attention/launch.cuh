@@ -4,7 +4,9 @@
 // Paths.
 //   tensor cores (bf16 / fp16, Hopper, 16-byte aligned rows):
 //     forward   kernel_prep.cuh rope_rows (k only) -> kernel_forward.cuh (clustered, P shared in
-//               distributed shared memory) [-> combine_kernel when the keys are split, decoding]
+//               distributed shared memory) [-> combine_kernel when the keys are split]
+//     decoding  (L <= 4 queries) rope_rows (k) -> kernel_decode.cuh (64-key blocks across the
+//               grid) -> decode_combine_kernel
 //     backward  rope_rows (q, k) -> [forward, when out/lse were not given] -> row_dot (D) ->
 //               backward_ds (dQ, query-major) -> backward_ds (dK, key-major) -> backward_dv
 //   generic (fp32, unaligned views, other devices): kernel_generic.cuh, one CTA per row.
@@ -34,6 +36,7 @@
 #include "gecko/ops/sliding_chunk_attention/args.hpp"
 #include "gecko/ops/sliding_chunk_attention/kernel_backward_ds.cuh"
 #include "gecko/ops/sliding_chunk_attention/kernel_backward_dv.cuh"
+#include "gecko/ops/sliding_chunk_attention/kernel_decode.cuh"
 #include "gecko/ops/sliding_chunk_attention/kernel_forward.cuh"
 #include "gecko/ops/sliding_chunk_attention/kernel_generic.cuh"
 #include "gecko/ops/sliding_chunk_attention/kernel_prep.cuh"
@@ -143,6 +146,8 @@ inline ClusterShape cluster_shape(const Problem& p, int smem_limit) {
 
 struct Plan {
   bool fast = false;
+  bool decode = false;  // a few queries: decode_kernel over 64-key blocks (kernel_decode.cuh)
+  int decode_lo = 0;
   ClusterShape cl;
   int splits = 1;
   int ds_smem = 0;
@@ -192,7 +197,15 @@ Status make_plan(const Problem& p, bool aligned, bool backward, bool need_forwar
     if (backward || !pl.fast) pl.qrot = take(rot_bytes);  // the tensor-core forward rotates q as it loads
   }
   const bool run_fwd = !backward || (pl.fast && need_forward);
-  if (pl.fast && run_fwd) {
+  if (pl.fast && !backward && p.length <= kernels::kDecodeRows) {
+    // Keys [lo, P + L - 1] cover every query's window; one CTA per 64 of them.
+    pl.decode = true;
+    pl.decode_lo = static_cast<int>(first_key(p.prev, p.chunk));
+    const std::int64_t hi = std::min(p.prev + p.length - 1, p.keys - 1);
+    pl.splits = static_cast<int>((hi - pl.decode_lo) / kernels::kDecodeKeys + 1);
+    pl.part_o = take(static_cast<std::size_t>(pl.splits) * BH * p.length * p.dv * 4);
+    pl.part_ml = take(static_cast<std::size_t>(pl.splits) * BH * p.length * 2 * 4);
+  } else if (pl.fast && run_fwd) {
     const std::int64_t tiles = (p.length + 127) / 128;
     const std::int64_t ctas = tiles * pl.cl.n * p.batch * p.heads;
     if (ctas < pl.sm_count) {
@@ -300,6 +313,42 @@ Status run_forward(const ForwardArgs<T>& a, const Problem& p, const Plan& pl, ch
   const T* krot = p.n_rope_heads > 0 ? reinterpret_cast<const T*>(ws + pl.krot) : nullptr;
   const int BH = static_cast<int>(p.batch * p.heads);
   if constexpr (kTensorCoreType<T>) {
+   if (pl.decode) {
+    kernels::DecodeParams<T> f;
+    f.L = static_cast<int>(p.length);
+    f.H = static_cast<int>(p.heads);
+    f.dk = static_cast<int>(p.dk);
+    f.dv = static_cast<int>(p.dv);
+    f.P = static_cast<int>(p.prev);
+    f.keys = static_cast<int>(p.keys);
+    f.chunk = p.chunk;
+    f.start = a.rope.start;
+    f.n_rope = p.n_rope_heads;
+    f.segments = p.segments ? 1 : 0;
+    f.scale_log2 = a.scale * kernels::kLog2e;
+    f.lo = pl.decode_lo;
+    f.q = rows_of(a.q);
+    f.kw = key_window(a, p, krot);
+    f.vw = value_window<ForwardArgs<T>, T>(a, p);
+    f.seg = segs_of(a, p);
+    f.part_o = reinterpret_cast<float*>(ws + pl.part_o);
+    f.part_ml = reinterpret_cast<float*>(ws + pl.part_ml);
+    fill_theta(a, p, f.theta);
+    kernels::decode_kernel<T><<<dim3(static_cast<unsigned>(pl.splits), BH), kernels::kThreads, 0, stream>>>(f);
+    GECKO_RETURN_IF_ERROR(last_launch_status("sliding_chunk_attention decode"));
+    float* lse = nullptr;
+    i64 sb = 0, sh = 0, sl = 0;
+    if (!a.lse.empty()) {
+      lse = a.lse.data;
+      sb = a.lse.strides[0];
+      sh = a.lse.strides[1];
+      sl = a.lse.strides[2];
+    }
+    kernels::decode_combine_kernel<T>
+        <<<dim3(static_cast<unsigned>((p.dv + 127) / 128), static_cast<unsigned>(BH * p.length)), 128, 0, stream>>>(
+            f.part_o, f.part_ml, pl.splits, f.L, f.H, f.dv, out_rows_of(a.out), lse, sb, sh, sl);
+    return last_launch_status("sliding_chunk_attention decode combine");
+   }
    if (pl.fast) {
     kernels::FwdParams<T> f;
     f.L = static_cast<int>(p.length);

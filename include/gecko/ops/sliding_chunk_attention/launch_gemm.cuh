@@ -43,7 +43,7 @@ namespace gecko::sliding_chunk_attention::cuda {
 
 struct GemmOptions {
   // Bytes of logit buffers (fp32 S, and dP in the backward) one group of chunks may use.
-  std::size_t group_bytes = std::size_t(64) << 20;
+  std::size_t group_bytes = std::size_t(256) << 20;
 };
 
 namespace gemm_detail {
