@@ -10,10 +10,13 @@
 // log(number of values).
 //
 // Model: embedding -> `blocks` Gecko blocks -> timestep decay norm -> output projection;
-// cross-entropy on the answer positions; AdamW. This build runs the CPU reference backend (double
-// precision): a toy size, forward and backward through the whole stack.
+// cross-entropy on the answer positions; AdamW.
+// With a GPU, the blocks' forward and backward run on it (the CUDA block, fp32) at a larger size
+// (D = 128, chunk 64: the CUDA working memory takes chunks of 64k); the embedding, the final norm,
+// the output projection, the loss and AdamW stay on the host (they are a few percent of the work
+// at this size). Without a GPU, everything runs on the CPU reference backend (double) at a toy size.
 //
-//   usage: gecko_train_tiny [steps=300] [seed=1]
+//   usage: gecko_train_tiny [steps=300] [seed=1]      (GECKO_FORCE_CPU=1: the CPU backend)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -24,6 +27,7 @@
 #include <vector>
 
 #include "gecko/gecko.hpp"
+#include "gecko/layers/cuda/block.cuh"
 
 using namespace gecko;
 using layers::GeckoConfig;
@@ -98,9 +102,82 @@ struct AdamW {
   }
 };
 
+// The blocks on the GPU in fp32: per block its parameters, gradients and activation region; one
+// shared workspace. forward() keeps every block's input for backward().
+struct GpuBlocks {
+  using T = float;
+  linear::cuda::Context ctx;
+  std::vector<layers::cuda::DeviceParameters<T>> params;
+  std::vector<layers::cuda::DeviceGradients> grads;
+  std::vector<DeviceBuffer<T>> xs;  // block inputs, then the last block's output
+  std::vector<DeviceBuffer<char>> acts;
+  DeviceBuffer<char> ws;
+  DeviceBuffer<T> dbuf[2];
+  layers::cuda::BlockPlan plan;
+  std::int64_t B = 0, L = 0, D = 0;
+
+  void init(const GeckoConfig& c, int blocks, std::int64_t b, std::int64_t l) {
+    B = b;
+    L = l;
+    D = c.model_dim;
+    throw_if_error(ctx.init());
+    params.resize(blocks);
+    grads.resize(blocks);
+    xs.resize(blocks + 1);
+    acts.resize(blocks);
+    const auto like = layers::block::make_parameters(c);
+    for (int i = 0; i <= blocks; ++i) xs[i].resize(static_cast<std::size_t>(B * L * D));
+    for (auto& d : dbuf) d.resize(static_cast<std::size_t>(B * L * D));
+    for (int i = 0; i < blocks; ++i) {
+      throw_if_error(params[i].upload(like));
+      throw_if_error(grads[i].allocate(like));
+    }
+    layers::cuda::BlockCall<T> call;
+    call.x = TensorView<const T>::device(xs[0].data(), {B, L, D});
+    throw_if_error(layers::cuda::block_plan(ctx, c, params[0], call, plan));
+    for (auto& a : acts) a.resize(plan.activation_bytes);
+    ws.resize(plan.workspace_bytes);
+  }
+  layers::cuda::BlockCall<T> call(int i) const {
+    layers::cuda::BlockCall<T> c;
+    c.x = TensorView<const T>::device(xs[i].data(), {B, L, D});
+    return c;
+  }
+  // x (double, [B, L, D]) through every block with the given per-block parameters; returns the output.
+  std::vector<double> forward(const GeckoConfig& c, const std::vector<ParameterSet>& bp, const std::vector<double>& x) {
+    std::vector<T> h(x.begin(), x.end());
+    xs[0].upload(h);
+    for (std::size_t i = 0; i < bp.size(); ++i) {
+      throw_if_error(params[i].upload(bp[i]));
+      throw_if_error(layers::cuda::block_forward(ctx, c, params[i], call(static_cast<int>(i)),
+                                                 TensorView<T>::device(xs[i + 1].data(), {B, L, D}), acts[i].data(),
+                                                 acts[i].size(), ws.data(), ws.size(), nullptr));
+    }
+    const auto out = xs[bp.size()].download();
+    return std::vector<double>(out.begin(), out.end());
+  }
+  // From d(output) back to d(input); block i's parameter gradients land in g[i].
+  std::vector<double> backward(const GeckoConfig& c, const std::vector<double>& dout, std::vector<ParameterSet>& g) {
+    std::vector<T> h(dout.begin(), dout.end());
+    dbuf[0].upload(h);
+    int cur = 0;
+    for (int i = static_cast<int>(g.size()) - 1; i >= 0; --i) {
+      throw_if_error(layers::cuda::block_backward(ctx, c, params[i], grads[i], call(i),
+                                                  TensorView<const T>::device(dbuf[cur].data(), {B, L, D}),
+                                                  TensorView<T>::device(dbuf[1 - cur].data(), {B, L, D}),
+                                                  acts[i].data(), acts[i].size(), ws.data(), ws.size(), nullptr));
+      throw_if_error(grads[i].download(g[i]));
+      cur = 1 - cur;
+    }
+    const auto dx = dbuf[cur].download();
+    return std::vector<double>(dx.begin(), dx.end());
+  }
+};
+
 struct Model {
   GeckoConfig cfg;
   int blocks = 2;
+  GpuBlocks* gpu = nullptr;  // set: the blocks run on the GPU
   ParameterSet params;  // "embed.weight" [V, D], "blocks.i.<block names>", "final_norm.weight/bias", "output.weight"
 
   void build(int vocab, std::uint64_t seed) {
@@ -141,12 +218,16 @@ struct Model {
     for (std::int64_t i = 0; i < B * L; ++i)
       std::copy(E.begin() + tokens[i] * D, E.begin() + (tokens[i] + 1) * D, inputs[0].begin() + i * D);
     std::vector<ParameterSet> bp;
-    for (int i = 0; i < blocks; ++i) {
-      bp.push_back(block_params(params, i));
-      layers::block::ForwardArgs<double> f;
-      f.x = host_view(inputs[i], {B, L, D});
-      f.out = host_view(inputs[i + 1], {B, L, D});
-      throw_if_error(layers::block::cpu::forward(cfg, bp[i], f));
+    for (int i = 0; i < blocks; ++i) bp.push_back(block_params(params, i));
+    if (gpu) {
+      inputs[blocks] = gpu->forward(cfg, bp, inputs[0]);
+    } else {
+      for (int i = 0; i < blocks; ++i) {
+        layers::block::ForwardArgs<double> f;
+        f.x = host_view(inputs[i], {B, L, D});
+        f.out = host_view(inputs[i + 1], {B, L, D});
+        throw_if_error(layers::block::cpu::forward(cfg, bp[i], f));
+      }
     }
     // Final timestep decay norm.
     std::vector<double> hn(B * L * D);
@@ -194,7 +275,14 @@ struct Model {
     tb.dweight = host_view(grads.find("final_norm.weight")->data, {D});
     tb.dbias = host_view(grads.find("final_norm.bias")->data, {D});
     throw_if_error(timestep_norm::cpu::backward(tb));
-    for (int i = blocks - 1; i >= 0; --i) {
+    if (gpu) {
+      std::vector<ParameterSet> g;
+      for (int i = 0; i < blocks; ++i) g.push_back(layers::block::make_parameters(cfg));
+      dx = gpu->backward(cfg, dx, g);
+      for (int i = 0; i < blocks; ++i)
+        for (const auto& n : g[i].names()) grads.find(prefix(i) + n)->data = g[i].find(n)->data;
+    }
+    for (int i = blocks - 1; i >= 0 && !gpu; --i) {
       auto g = layers::block::make_parameters(cfg);
       std::vector<double> dxi(B * L * D);
       layers::block::BackwardArgs<double> bb;
@@ -221,24 +309,31 @@ int main(int argc, char** argv) {
   Task task;
   Model model;
   GeckoConfig& c = model.cfg;
-  c.model_dim = 32;
-  c.z_dim = 32;
-  c.value_dim = 32;
+  const bool gpu = cuda_device_available() && std::getenv("GECKO_FORCE_CPU") == nullptr;
+  // GPU: heads of 64 and chunks of 64 (the CUDA working memory's smallest); CPU: a toy size.
+  c.model_dim = gpu ? 128 : 32;
+  c.z_dim = gpu ? 128 : 32;
+  c.value_dim = gpu ? 128 : 32;
   c.num_heads = 2;
   c.cema_ndim = 4;
-  c.chunk_size = 8;
+  c.chunk_size = gpu ? 64 : 8;
   c.timenorm_num_groups = 4;
   c.timenorm_beta1 = 0.99;
   c.timenorm_beta2 = 0.999;
-  c.ffn_hidden_dim = 64;
+  c.ffn_hidden_dim = gpu ? 256 : 64;
   c.rope_base = 10000.0;
   model.blocks = 2;
   const std::int64_t B = 16, C = c.chunk_size, L = 4 * C;
   model.build(task.vocab(), seed);
+  GpuBlocks blocks_on_gpu;
+  if (gpu) {
+    blocks_on_gpu.init(c, model.blocks, B, L);
+    model.gpu = &blocks_on_gpu;
+  }
   AdamW opt;
   opt.init(model.params);
-  std::printf("backend: CPU reference (double). Gecko LM: %d blocks, D=%lld, %lld heads, chunk %lld; "
-              "%lld parameters\n",
+  std::printf("backend: %s. Gecko LM: %d blocks, D=%lld, %lld heads, chunk %lld; %lld parameters\n",
+              gpu ? "CUDA blocks (fp32); embedding, head, loss, AdamW on the host" : "CPU reference (double)",
               model.blocks, static_cast<long long>(c.model_dim), static_cast<long long>(c.num_heads),
               static_cast<long long>(C), static_cast<long long>(model.params.numel()));
   std::printf("task: recall %d key/value pairs from chunk 0 in chunk 3 (attention sees chunks 2-3 only); "
