@@ -4,7 +4,8 @@
 # the benchmark JSON into the folder given as $1 (at most a few files: the device tool returns 8).
 #   usage: bash .gpu/gpu_check.sh OUT_DIR [benchmark filter regex, or "none"]
 # Environment: GECKO_SKIP_TESTS / GECKO_SKIP_SANITIZER / GECKO_SKIP_PEER / GECKO_SKIP_STREAM = 1 skip
-# those steps; GECKO_SANITIZER_ARGS (doctest filters) and GECKO_SANITIZER_TIMEOUT bound the
+# those steps; GECKO_SANITIZER_ARGS (one doctest filter argument, e.g. '--test-case=*tail*,*stream*')
+# and GECKO_SANITIZER_TIMEOUT bound the
 # sanitizer runs (a call on the lent machine has 10 minutes).
 set -uo pipefail
 OUT="${1:?usage: gpu_check.sh OUT_DIR [benchmark filter]}"
@@ -36,7 +37,7 @@ if [ "${GECKO_SKIP_TESTS:-0}" != 1 ] && [ "${GECKO_SKIP_SANITIZER:-0}" != 1 ]; t
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool"
     timeout "${GECKO_SANITIZER_TIMEOUT:-600}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
-      "$HERE/gecko_gpu_tests" ${GECKO_SANITIZER_ARGS:-} >"$OUT/sanitizer_$tool.log" 2>&1
+      "$HERE/gecko_gpu_tests" ${GECKO_SANITIZER_ARGS:+"$GECKO_SANITIZER_ARGS"} >"$OUT/sanitizer_$tool.log" 2>&1
     rc=$?
     tail -3 "$OUT/sanitizer_$tool.log" | tee -a "$LOG"
     [ $rc -eq 0 ] || { status=1; echo "SANITIZER $tool FAILED (rc $rc)" | tee -a "$LOG"; }

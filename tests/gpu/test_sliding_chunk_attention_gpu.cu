@@ -599,3 +599,39 @@ TEST_CASE("gpu sliding chunk attention rejects unsupported and bad arguments") {
     CHECK(s.message().find("workspace") != std::string::npos);
   }
 }
+
+TEST_CASE("gpu sliding chunk attention, GEMM-staged path: bad arguments") {
+  using T = __nv_bfloat16;
+  const I64 L = 128, C = 64, d = 64;
+  DeviceBuffer<T> buf(L * d * 4);
+  DeviceBuffer<char> ws(std::size_t(64) << 20);
+  sca::ForwardArgs<T> f;
+  f.chunk = C;
+  f.q = buf.view({1, L, 1, d});
+  f.k = f.q;
+  f.v = f.q;
+  f.out = TensorView<T>::device(buf.data() + L * d, {1, L, 1, d});
+  std::size_t need = 0;
+  REQUIRE(sca::cuda::forward_workspace_size(gemm_context(), f, need).ok());
+  CHECK(need > 0);
+  {
+    linear::cuda::Context cold;  // never initialized
+    const Status s = sca::cuda::forward(cold, f, ws.data(), ws.size(), nullptr);
+    CHECK(s.message().find("not initialized") != std::string::npos);
+  }
+  {
+    const Status s = sca::cuda::forward(gemm_context(), f, ws.data(), need - 1, nullptr);
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+    CHECK(s.message().find("workspace") != std::string::npos);
+  }
+  {
+    const Status s = sca::cuda::forward(gemm_context(), f, ws.data() + 16, ws.size() - 16, nullptr);
+    CHECK(s.message().find("256-byte aligned") != std::string::npos);
+  }
+  {
+    auto bad = f;
+    bad.q = buf.view({1, L - 1, 1, d});  // L not a chunk multiple on the full path
+    const Status s = sca::cuda::forward_workspace_size(gemm_context(), bad, need);
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+  }
+}
