@@ -9,6 +9,7 @@
 #include "gecko/layers/block/reference.hpp"
 #include "gecko/layers/cuda/block.cuh"
 #include "gecko/layers/init.hpp"
+#include "block_fixtures.hpp"
 #include "test_util.hpp"
 
 using namespace gecko;
@@ -16,21 +17,7 @@ using namespace gecko::layers;
 
 namespace {
 
-GeckoConfig small_config() {
-  GeckoConfig c;
-  c.model_dim = 256;
-  c.z_dim = 256;  // 2 heads of 128
-  c.value_dim = 256;
-  c.num_heads = 2;
-  c.cema_ndim = 4;
-  c.chunk_size = 64;
-  c.timenorm_num_groups = 4;
-  c.timenorm_beta1 = 0.99;
-  c.timenorm_beta2 = 0.999;
-  c.ffn_hidden_dim = 512;
-  c.rope_base = 10000.0;
-  return c;
-}
+GeckoConfig small_config() { return test::small_block_config(); }
 
 template <class T>
 void run_block(bool documents, double tol_out, double tol_grad) {
@@ -38,14 +25,7 @@ void run_block(bool documents, double tol_out, double tol_grad) {
   const std::int64_t B = 2, L = 3 * c.chunk_size, D = c.model_dim;
   CAPTURE(test::type_label<T>());
   CAPTURE(documents);
-  auto params = block::make_parameters(c);
-  init_parameters(params, 11);
-  // Non-zero norm weights and EMA mixing so every parameter's gradient path is exercised.
-  std::mt19937_64 rng(5);
-  std::normal_distribution<double> nd(0.0, 0.2);
-  for (const auto& n : params.names())
-    if (n.find("norm.") != std::string::npos || n.find("gamma") != std::string::npos || n.find("beta") != std::string::npos)
-      for (auto& v : params.find(n)->data) v += nd(rng);
+  const auto params = test::perturbed_block_parameters(c);
   auto xh = test::random_vector<T>(B * L * D, 21, -2, 2);
   auto dh = test::random_vector<T>(B * L * D, 22, -1, 1);
   std::vector<std::uint8_t> bos(B * L, 0);

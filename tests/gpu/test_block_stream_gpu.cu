@@ -10,6 +10,7 @@
 #include "gecko/layers/block/reference.hpp"
 #include "gecko/layers/cuda/stream.cuh"
 #include "gecko/layers/init.hpp"
+#include "block_fixtures.hpp"
 #include "test_util.hpp"
 
 using namespace gecko;
@@ -18,32 +19,8 @@ using I64 = std::int64_t;
 
 namespace {
 
-GeckoConfig small_config() {
-  GeckoConfig c;
-  c.model_dim = 256;
-  c.z_dim = 256;  // 2 heads of 128
-  c.value_dim = 256;
-  c.num_heads = 2;
-  c.cema_ndim = 4;
-  c.chunk_size = 64;
-  c.timenorm_num_groups = 4;
-  c.timenorm_beta1 = 0.99;
-  c.timenorm_beta2 = 0.999;
-  c.ffn_hidden_dim = 512;
-  c.rope_base = 10000.0;
-  return c;
-}
-
-ParameterSet make_params(const GeckoConfig& c) {
-  auto params = block::make_parameters(c);
-  init_parameters(params, 11);
-  std::mt19937_64 rng(5);
-  std::normal_distribution<double> nd(0.0, 0.2);
-  for (const auto& n : params.names())
-    if (n.find("norm.") != std::string::npos || n.find("gamma") != std::string::npos || n.find("beta") != std::string::npos)
-      for (auto& v : params.find(n)->data) v += nd(rng);
-  return params;
-}
+GeckoConfig small_config() { return test::small_block_config(); }
+ParameterSet make_params(const GeckoConfig& c) { return test::perturbed_block_parameters(c); }
 
 // Prefill chunk, pieces of a chunk, decode steps, a piece that ends a chunk, two chunks at once.
 const std::vector<I64> kCalls = {64, 5, 20, 39, 1, 1, 1, 61, 128, 1, 3, 1};

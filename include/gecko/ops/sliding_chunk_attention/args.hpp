@@ -76,6 +76,24 @@ struct BackwardArgs {
   TensorView<T> dprev_v;                        // [B, P, H, dv], or empty
 };
 
+// The forward arguments of a backward call's inputs (outputs left empty): what a backward that
+// has to run the forward itself passes to it.
+template <class T>
+ForwardArgs<T> forward_inputs_of(const BackwardArgs<T>& a) {
+  ForwardArgs<T> f;
+  f.chunk = a.chunk;
+  f.scale = a.scale;
+  f.rope = a.rope;
+  f.q = a.q;
+  f.k = a.k;
+  f.v = a.v;
+  f.prev_k = a.prev_k;
+  f.prev_v = a.prev_v;
+  f.segment_idx = a.segment_idx;
+  f.prev_segment_idx = a.prev_segment_idx;
+  return f;
+}
+
 // The problem every backend works on (derived sizes; strides stay in the views).
 struct Problem {
   std::int64_t batch = 0, length = 0, heads = 0, dk = 0, dv = 0;

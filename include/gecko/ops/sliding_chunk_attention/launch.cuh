@@ -307,6 +307,22 @@ Status rope_rows(const TensorView<const T>& x, T* y, const Problem& p, const ker
   return last_launch_status("sliding_chunk_attention rope pre-pass");
 }
 
+// The sizes, positions and scale of a forward call, as the kernels' parameter blocks name them.
+template <class Prm, class T>
+void fill_call(Prm& f, const ForwardArgs<T>& a, const Problem& p) {
+  f.L = static_cast<int>(p.length);
+  f.H = static_cast<int>(p.heads);
+  f.dk = static_cast<int>(p.dk);
+  f.dv = static_cast<int>(p.dv);
+  f.P = static_cast<int>(p.prev);
+  f.keys = static_cast<int>(p.keys);
+  f.chunk = p.chunk;
+  f.start = a.rope.start;
+  f.n_rope = p.n_rope_heads;
+  f.segments = p.segments ? 1 : 0;
+  f.scale_log2 = a.scale * kernels::kLog2e;
+}
+
 // The forward on a planned workspace (krot already written when RoPE is on).
 template <class T>
 Status run_forward(const ForwardArgs<T>& a, const Problem& p, const Plan& pl, char* ws, cudaStream_t stream) {
@@ -315,17 +331,7 @@ Status run_forward(const ForwardArgs<T>& a, const Problem& p, const Plan& pl, ch
   if constexpr (kTensorCoreType<T>) {
    if (pl.decode) {
     kernels::DecodeParams<T> f;
-    f.L = static_cast<int>(p.length);
-    f.H = static_cast<int>(p.heads);
-    f.dk = static_cast<int>(p.dk);
-    f.dv = static_cast<int>(p.dv);
-    f.P = static_cast<int>(p.prev);
-    f.keys = static_cast<int>(p.keys);
-    f.chunk = p.chunk;
-    f.start = a.rope.start;
-    f.n_rope = p.n_rope_heads;
-    f.segments = p.segments ? 1 : 0;
-    f.scale_log2 = a.scale * kernels::kLog2e;
+    fill_call(f, a, p);
     f.lo = pl.decode_lo;
     f.q = rows_of(a.q);
     f.kw = key_window(a, p, krot);
@@ -351,17 +357,7 @@ Status run_forward(const ForwardArgs<T>& a, const Problem& p, const Plan& pl, ch
    }
    if (pl.fast) {
     kernels::FwdParams<T> f;
-    f.L = static_cast<int>(p.length);
-    f.H = static_cast<int>(p.heads);
-    f.dk = static_cast<int>(p.dk);
-    f.dv = static_cast<int>(p.dv);
-    f.P = static_cast<int>(p.prev);
-    f.keys = static_cast<int>(p.keys);
-    f.chunk = p.chunk;
-    f.start = a.rope.start;
-    f.n_rope = p.n_rope_heads;
-    f.segments = p.segments ? 1 : 0;
-    f.scale_log2 = a.scale * kernels::kLog2e;
+    fill_call(f, a, p);
     f.q = rows_of(a.q);
     f.kw = key_window(a, p, krot);
     f.vw = value_window<ForwardArgs<T>, T>(a, p);
@@ -578,17 +574,7 @@ Status backward_fast(const BackwardArgs<T>& a, const Problem& p, const Plan& pl,
     lse_sl = a.lse.strides[2];
   }
   if (pl.fwd_inside) {
-    ForwardArgs<T> f;
-    f.chunk = a.chunk;
-    f.scale = a.scale;
-    f.rope = a.rope;
-    f.q = a.q;
-    f.k = a.k;
-    f.v = a.v;
-    f.prev_k = a.prev_k;
-    f.prev_v = a.prev_v;
-    f.segment_idx = a.segment_idx;
-    f.prev_segment_idx = a.prev_segment_idx;
+    ForwardArgs<T> f = forward_inputs_of(a);
     T* out_ws = reinterpret_cast<T*>(ws + pl.out_ws);
     float* lse_ws = reinterpret_cast<float*>(ws + pl.lse_ws);
     f.out = TensorView<T>::device(out_ws, {p.batch, p.length, p.heads, p.dv});

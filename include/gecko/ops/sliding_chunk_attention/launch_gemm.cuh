@@ -156,6 +156,27 @@ struct Operands {
   }
 };
 
+// The call's operands; with RoPE, q and k rotated into the workspace first. A: ForwardArgs<T> or
+// BackwardArgs<T>.
+template <class A, class T>
+Status prepare_operands(const A& a, const Problem& p, const Plan& pl, char* ws, cudaStream_t stream, Operands<T>& op) {
+  op.p = &p;
+  op.q = a.q;
+  op.k = a.k;
+  op.v = a.v;
+  op.prev_k = a.prev_k;
+  op.prev_v = a.prev_v;
+  if (p.n_rope_heads > 0) {
+    kernels::Theta th;
+    detail::fill_theta(a, p, th.v);
+    GECKO_RETURN_IF_ERROR(detail::rope_rows(a.q, reinterpret_cast<T*>(ws + pl.qrot), p, th, a.rope.start, stream));
+    GECKO_RETURN_IF_ERROR(detail::rope_rows(a.k, reinterpret_cast<T*>(ws + pl.krot), p, th, a.rope.start, stream));
+    op.qrot = reinterpret_cast<const T*>(ws + pl.qrot);
+    op.krot = reinterpret_cast<const T*>(ws + pl.krot);
+  }
+  return Status::success();
+}
+
 template <class T>
 const T* rows_at(const Mat& m, i64 row) {
   return static_cast<const T*>(m.p) + row * m.ld;
@@ -268,20 +289,7 @@ Status forward(linear::cuda::Context& ctx, const ForwardArgs<T>& a, void* worksp
     return invalid_argument("sliding chunk attention forward: workspace must be 256-byte aligned");
   char* ws = static_cast<char*>(workspace);
   gemm_detail::Operands<T> op;
-  op.p = &p;
-  op.q = a.q;
-  op.k = a.k;
-  op.v = a.v;
-  op.prev_k = a.prev_k;
-  op.prev_v = a.prev_v;
-  if (p.n_rope_heads > 0) {
-    kernels::Theta th;
-    detail::fill_theta(a, p, th.v);
-    GECKO_RETURN_IF_ERROR(detail::rope_rows(a.q, reinterpret_cast<T*>(ws + pl.qrot), p, th, a.rope.start, stream));
-    GECKO_RETURN_IF_ERROR(detail::rope_rows(a.k, reinterpret_cast<T*>(ws + pl.krot), p, th, a.rope.start, stream));
-    op.qrot = reinterpret_cast<const T*>(ws + pl.qrot);
-    op.krot = reinterpret_cast<const T*>(ws + pl.krot);
-  }
+  GECKO_RETURN_IF_ERROR(gemm_detail::prepare_operands(a, p, pl, ws, stream, op));
   constexpr cudaDataType_t ty = linear::cuda::cuda_data_type<T>();
   const gemm_detail::Step st{&ctx, ws + pl.gemm, stream};
   float* S = reinterpret_cast<float*>(ws + pl.s);
@@ -365,17 +373,7 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
     lse_sl = a.lse.strides[2];
   }
   if (pl.fwd_inside) {
-    ForwardArgs<T> f;
-    f.chunk = a.chunk;
-    f.scale = a.scale;
-    f.rope = a.rope;
-    f.q = a.q;
-    f.k = a.k;
-    f.v = a.v;
-    f.prev_k = a.prev_k;
-    f.prev_v = a.prev_v;
-    f.segment_idx = a.segment_idx;
-    f.prev_segment_idx = a.prev_segment_idx;
+    ForwardArgs<T> f = forward_inputs_of(a);
     f.out = TensorView<T>::device(reinterpret_cast<T*>(ws + pl.out_ws), {p.batch, p.length, p.heads, p.dv});
     f.lse = TensorView<float>::device(reinterpret_cast<float*>(ws + pl.lse_ws), {p.batch, p.heads, p.length});
     GemmOptions fo = o;
@@ -398,20 +396,9 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
   }
 
   gemm_detail::Operands<T> op;
-  op.p = &p;
-  op.q = a.q;
-  op.k = a.k;
-  op.v = a.v;
-  op.prev_k = a.prev_k;
-  op.prev_v = a.prev_v;
+  GECKO_RETURN_IF_ERROR(gemm_detail::prepare_operands(a, p, pl, ws, stream, op));
   kernels::Theta th;
   detail::fill_theta(a, p, th.v);
-  if (p.n_rope_heads > 0) {
-    GECKO_RETURN_IF_ERROR(detail::rope_rows(a.q, reinterpret_cast<T*>(ws + pl.qrot), p, th, a.rope.start, stream));
-    GECKO_RETURN_IF_ERROR(detail::rope_rows(a.k, reinterpret_cast<T*>(ws + pl.krot), p, th, a.rope.start, stream));
-    op.qrot = reinterpret_cast<const T*>(ws + pl.qrot);
-    op.krot = reinterpret_cast<const T*>(ws + pl.krot);
-  }
 
   constexpr cudaDataType_t ty = linear::cuda::cuda_data_type<T>();
   const gemm_detail::Step st{&ctx, ws + pl.gemm, stream};
