@@ -22,7 +22,10 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <map>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include "gecko/core/buffer.hpp"
 #include "gecko/layers/cuda/block.cuh"
@@ -92,6 +95,7 @@ class BlockStream {
                          std::to_string(2 * sliding_chunk_attention::kernels::kMaxPairs));
     c_ = c;
     B_ = batch;
+    sizes_.clear();
     const std::size_t B = static_cast<std::size_t>(batch), G = c.timenorm_num_groups, D = c.model_dim;
     const std::size_t H = c.num_heads, dz = c.z_head_dim(), dv = c.v_head_dim(), cap = 2 * c.chunk_size;
     try {
@@ -163,16 +167,21 @@ class BlockStream {
     const Dims d = Dims::of(c_, B_, L);
     const StreamIO<T> so = views();
     const BlockInputs in{bos_mask, {}};
-    // Size the call, grow the owned regions if needed, run it.
-    {
+    // Size the call (a measuring pass, once per call shape: decoding revisits the same few shapes),
+    // grow the owned regions if needed, run it.
+    const SizeKey key{L, cached_, has_memory_, position_ == 0, !bos_mask.empty()};
+    auto known = sizes_.find(key);
+    if (known == sizes_.end()) {
       auto ma = Arena::measure(), mw = Arena::measure();
       GECKO_RETURN_IF_ERROR(block_forward_impl<T>(ctx, c_, P, d, x.data, in, out.data, ma, mw, nullptr, &so));
-      try {
-        if (ma.peak() > act_.size()) act_.resize(ma.peak());
-        if (mw.peak() > ws_.size()) ws_.resize(mw.peak());
-      } catch (const Error& e) {
-        return Status(StatusCode::kCudaError, std::string("BlockStream: ") + e.what());
-      }
+      if (sizes_.size() >= 65536) sizes_.clear();  // unusual call mixes: stay bounded
+      known = sizes_.emplace(key, std::make_pair(ma.peak(), mw.peak())).first;
+    }
+    try {
+      if (known->second.first > act_.size()) act_.resize(known->second.first);
+      if (known->second.second > ws_.size()) ws_.resize(known->second.second);
+    } catch (const Error& e) {
+      return Status(StatusCode::kCudaError, std::string("BlockStream: ") + e.what());
     }
     Arena act(act_.data(), act_.size()), ws(ws_.data(), ws_.size());
     GECKO_RETURN_IF_ERROR(block_forward_impl<T>(ctx, c_, P, d, x.data, in, out.data, act, ws, stream, &so));
@@ -270,6 +279,9 @@ class BlockStream {
   DeviceBuffer<T> sca_k_[2], awm_k_[2], v_[2];  // [B, 2C, H, d]
   DeviceBuffer<float> cema_h_, memory_, log_norm_;
   DeviceBuffer<char> act_, ws_;
+  // Measured (activation, workspace) bytes per call shape: L, cached tokens, memory, fresh, bos.
+  using SizeKey = std::tuple<std::int64_t, std::int64_t, bool, bool, bool>;
+  std::map<SizeKey, std::pair<std::size_t, std::size_t>> sizes_;
 };
 
 }  // namespace gecko::layers::cuda
