@@ -291,6 +291,24 @@ Case sweep_case(I64 dk, I64 dv, int i) {
   return c;
 }
 
+// Two batches of three heads over several tiles, partial RoPE at a large start, documents and a
+// carried chunk.
+Case documents_case() {
+  Case c;
+  c.B = 2;
+  c.H = 3;
+  c.L = 384;
+  c.C = 128;
+  c.P = 128;
+  c.dk = 128;
+  c.dv = 256;
+  c.segments = true;
+  c.n_rope = 2;
+  c.start = (I64(1) << 28) + 12345;
+  c.base = 500000;
+  return c;
+}
+
 }  // namespace
 
 TEST_CASE("gpu sliding chunk attention bf16: every (dk, dv) pair") {
@@ -310,21 +328,7 @@ TEST_CASE("gpu sliding chunk attention fp16: a pair sweep") {
 
 TEST_CASE("gpu sliding chunk attention bf16: documents, carried K/V, RoPE, odd chunk counts") {
   std::vector<Case> cases;
-  {  // several tiles and heads, partial RoPE at a large start, documents, carried chunk
-    Case c;
-    c.B = 2;
-    c.H = 3;
-    c.L = 384;
-    c.C = 128;
-    c.P = 128;
-    c.dk = 128;
-    c.dv = 256;
-    c.segments = true;
-    c.n_rope = 2;
-    c.start = (I64(1) << 28) + 12345;
-    c.base = 500000;
-    cases.push_back(c);
-  }
+  cases.push_back(documents_case());  // several tiles and heads
   {  // the 7B head shape, small: dk 256, dv 2048 (cluster of 8), 5 chunks, no prev
     Case c;
     c.H = 2;
@@ -473,21 +477,7 @@ TEST_CASE("gpu sliding chunk attention, GEMM-staged path: shapes, documents, car
       ++i;
     }
   std::vector<Case> cases;
-  {  // several heads and batches, partial RoPE at a large start, documents, carried chunk
-    Case c;
-    c.B = 2;
-    c.H = 3;
-    c.L = 384;
-    c.C = 128;
-    c.P = 128;
-    c.dk = 128;
-    c.dv = 256;
-    c.segments = true;
-    c.n_rope = 2;
-    c.start = (I64(1) << 28) + 12345;
-    c.base = 500000;
-    cases.push_back(c);
-  }
+  cases.push_back(documents_case());
   {  // a head size the flash kernels do not take (dk 96), one chunk with a carried one
     Case c;
     c.L = 192;

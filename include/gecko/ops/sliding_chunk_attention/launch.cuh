@@ -429,32 +429,49 @@ Status backward_fast(const BackwardArgs<T>& a, const Problem& p, const Plan& pl,
 
 }  // namespace detail
 
+namespace detail {
+
+// Validation, support check and plan of one call: what the size queries and the launches share.
+template <class T>
+Status plan_forward(const ForwardArgs<T>& a, Problem& p, Plan& pl) {
+  static_assert(!std::is_same_v<T, double>, "the CUDA sliding chunk attention takes float, half or bfloat16");
+  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  GECKO_RETURN_IF_ERROR(check_supported(p));
+  return make_plan<T>(p, forward_aligned(a), false, false, pl);
+}
+template <class T>
+Status plan_backward(const BackwardArgs<T>& a, Problem& p, Plan& pl) {
+  static_assert(!std::is_same_v<T, double>, "the CUDA sliding chunk attention takes float, half or bfloat16");
+  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  GECKO_RETURN_IF_ERROR(check_supported(p));
+  return make_plan<T>(p, backward_aligned(a), true, a.out.empty() || a.lse.empty(), pl);
+}
+
+inline Status check_workspace(const void* ws, std::size_t bytes, std::size_t need, const char* what) {
+  if (bytes < need || (need && !ws))
+    return invalid_argument(std::string("sliding chunk attention ") + what + " needs " + std::to_string(need) +
+                            " bytes of workspace, got " + std::to_string(bytes));
+  return Status::success();
+}
+
+}  // namespace detail
+
 // Bytes of workspace forward() needs for this problem on the current device.
 template <class T>
 Status forward_workspace_size(const ForwardArgs<T>& a, std::size_t& bytes) {
-  static_assert(!std::is_same_v<T, double>, "the CUDA sliding chunk attention takes float, half or bfloat16");
   Problem p;
-  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
-  GECKO_RETURN_IF_ERROR(detail::check_supported(p));
   detail::Plan pl;
-  GECKO_RETURN_IF_ERROR(detail::make_plan<T>(p, detail::forward_aligned(a), false, false, pl));
+  GECKO_RETURN_IF_ERROR(detail::plan_forward(a, p, pl));
   bytes = pl.total;
   return Status::success();
 }
 
 template <class T>
 Status forward(const ForwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, cudaStream_t stream) {
-  static_assert(!std::is_same_v<T, double>, "the CUDA sliding chunk attention takes float, half or bfloat16");
   Problem p;
-  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
-  GECKO_RETURN_IF_ERROR(detail::check_supported(p));
-  std::size_t need = 0;
-  GECKO_RETURN_IF_ERROR(forward_workspace_size(a, need));
-  if (workspace_bytes < need || (need && !workspace))
-    return invalid_argument("sliding chunk attention forward needs " + std::to_string(need) +
-                            " bytes of workspace, got " + std::to_string(workspace_bytes));
   detail::Plan pl;
-  GECKO_RETURN_IF_ERROR(detail::make_plan<T>(p, detail::forward_aligned(a), false, false, pl));
+  GECKO_RETURN_IF_ERROR(detail::plan_forward(a, p, pl));
+  GECKO_RETURN_IF_ERROR(detail::check_workspace(workspace, workspace_bytes, pl.total, "forward"));
   char* ws = static_cast<char*>(workspace);
   if (p.n_rope_heads > 0) {
     kernels::Theta th;
@@ -470,30 +487,19 @@ Status forward(const ForwardArgs<T>& a, void* workspace, std::size_t workspace_b
 // lse is not given: the backward then runs the forward itself).
 template <class T>
 Status backward_workspace_size(const BackwardArgs<T>& a, std::size_t& bytes) {
-  static_assert(!std::is_same_v<T, double>, "the CUDA sliding chunk attention takes float, half or bfloat16");
   Problem p;
-  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
-  GECKO_RETURN_IF_ERROR(detail::check_supported(p));
   detail::Plan pl;
-  GECKO_RETURN_IF_ERROR(detail::make_plan<T>(p, detail::backward_aligned(a), true, a.out.empty() || a.lse.empty(), pl));
+  GECKO_RETURN_IF_ERROR(detail::plan_backward(a, p, pl));
   bytes = pl.total;
   return Status::success();
 }
 
 template <class T>
 Status backward(const BackwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, cudaStream_t stream) {
-  static_assert(!std::is_same_v<T, double>, "the CUDA sliding chunk attention takes float, half or bfloat16");
   Problem p;
-  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
-  GECKO_RETURN_IF_ERROR(detail::check_supported(p));
-  std::size_t need = 0;
-  GECKO_RETURN_IF_ERROR(backward_workspace_size(a, need));
-  if (workspace_bytes < need || (need && !workspace))
-    return invalid_argument("sliding chunk attention backward needs " + std::to_string(need) +
-                            " bytes of workspace, got " + std::to_string(workspace_bytes));
-  const bool need_forward = a.out.empty() || a.lse.empty();
   detail::Plan pl;
-  GECKO_RETURN_IF_ERROR(detail::make_plan<T>(p, detail::backward_aligned(a), true, need_forward, pl));
+  GECKO_RETURN_IF_ERROR(detail::plan_backward(a, p, pl));
+  GECKO_RETURN_IF_ERROR(detail::check_workspace(workspace, workspace_bytes, pl.total, "backward"));
   char* ws = static_cast<char*>(workspace);
   const int BH = static_cast<int>(p.batch * p.heads);
   kernels::Theta th;

@@ -35,7 +35,7 @@
 #include <type_traits>
 
 #include "gecko/ops/linear/context.hpp"
-#include "gecko/ops/linear/launch.cuh"  // cuda_data_type<T>
+#include "gecko/ops/linear/launch.cuh"  // cuda_data_type<T>, detail::check_workspace
 #include "gecko/ops/sliding_chunk_attention/kernel_chunk_softmax.cuh"
 #include "gecko/ops/sliding_chunk_attention/launch.cuh"
 
@@ -282,11 +282,8 @@ Status forward(linear::cuda::Context& ctx, const ForwardArgs<T>& a, void* worksp
   if (!gemm_detail::applies<T>(a, p)) return forward(a, workspace, workspace_bytes, stream);
   GECKO_RETURN_IF_ERROR(ctx.check_ready());
   const gemm_detail::Plan pl = gemm_detail::make_plan<T>(ctx, p, false, false, o);
-  if (workspace_bytes < pl.total || !workspace)
-    return invalid_argument("sliding chunk attention forward needs " + std::to_string(pl.total) +
-                            " bytes of workspace, got " + std::to_string(workspace ? workspace_bytes : 0));
-  if (reinterpret_cast<std::uintptr_t>(workspace) % 256 != 0)
-    return invalid_argument("sliding chunk attention forward: workspace must be 256-byte aligned");
+  GECKO_RETURN_IF_ERROR(
+      linear::cuda::detail::check_workspace(workspace, workspace_bytes, pl.total, "sliding chunk attention forward"));
   char* ws = static_cast<char*>(workspace);
   gemm_detail::Operands<T> op;
   GECKO_RETURN_IF_ERROR(gemm_detail::prepare_operands(a, p, pl, ws, stream, op));
@@ -355,11 +352,8 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
   GECKO_RETURN_IF_ERROR(ctx.check_ready());
   const bool need_forward = a.out.empty() || a.lse.empty();
   const gemm_detail::Plan pl = gemm_detail::make_plan<T>(ctx, p, true, need_forward, o);
-  if (workspace_bytes < pl.total || !workspace)
-    return invalid_argument("sliding chunk attention backward needs " + std::to_string(pl.total) +
-                            " bytes of workspace, got " + std::to_string(workspace ? workspace_bytes : 0));
-  if (reinterpret_cast<std::uintptr_t>(workspace) % 256 != 0)
-    return invalid_argument("sliding chunk attention backward: workspace must be 256-byte aligned");
+  GECKO_RETURN_IF_ERROR(
+      linear::cuda::detail::check_workspace(workspace, workspace_bytes, pl.total, "sliding chunk attention backward"));
   char* ws = static_cast<char*>(workspace);
 
   // Saved forward results, or a forward of our own (its workspace needs fit inside ours: the
