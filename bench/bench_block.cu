@@ -2,7 +2,9 @@
 // forward+backward, tokens/s, model FLOP/s and memory. The authors' block (their kernels plus
 // PyTorch) on an H100 took 7.07 / 28.81 / 60.15 ms forward and 23.09 / 92.76 / 186.89 ms
 // forward+backward at L = 4096 / 16384 / 32768 (../shared/PERFORMANCE.md); a Llama2-7B block runs
-// beside this binary in the same device session (bench/llama2_block.py).
+// beside this binary in the same device session (bench/llama2_block.py). The main rows let the
+// linear Context time cuBLASLt's candidate algorithms per shape (AlgoChoice::kMeasured, chosen
+// during the warm-up); the *_heuristic rows keep the heuristic's first choice, for comparison.
 #include <map>
 
 #include "bench_common.cuh"
@@ -19,14 +21,16 @@ struct Model {
   layers::GeckoConfig cfg;  // the 7B defaults
   layers::cuda::DeviceParameters<T> params;
   layers::cuda::DeviceGradients grads;
-  linear::cuda::Context ctx;
+  linear::cuda::Context ctx;            // AlgoChoice::kMeasured
+  linear::cuda::Context ctx_heuristic;  // AlgoChoice::kHeuristic
   std::size_t param_bytes = 0;
 };
 
 Model& model() {
   static Model* m = [] {
     auto* m = new Model;
-    throw_if_error(m->ctx.init());
+    throw_if_error(m->ctx.init(linear::cuda::Context::kDefaultGemmWorkspaceBytes, linear::cuda::AlgoChoice::kMeasured));
+    throw_if_error(m->ctx_heuristic.init());
     auto host = layers::block::make_parameters(m->cfg);
     layers::init_parameters(host, 1);
     throw_if_error(m->params.upload(host));
@@ -49,9 +53,16 @@ double forward_flops(const layers::GeckoConfig& c, std::int64_t L) {
   return (proj + sca + awm) * static_cast<double>(L);
 }
 
-void BM_block(benchmark::State& state, bool backward) {
+void BM_block(benchmark::State& state, bool backward, bool measured) {
   add_device_context();
-  Model& m = model();
+  Model& mm = model();
+  struct View {
+    layers::GeckoConfig& cfg;
+    layers::cuda::DeviceParameters<T>& params;
+    layers::cuda::DeviceGradients& grads;
+    linear::cuda::Context& ctx;
+    std::size_t param_bytes;
+  } m{mm.cfg, mm.params, mm.grads, measured ? mm.ctx : mm.ctx_heuristic, mm.param_bytes};
   const std::int64_t B = 1, L = state.range(0), D = m.cfg.model_dim;
   const std::size_t n = static_cast<std::size_t>(B * L * D);
   std::vector<T> host(n);
@@ -95,10 +106,12 @@ void BM_block(benchmark::State& state, bool backward) {
     state.counters["speedup_vs_authors"] = (backward ? it->second.second : it->second.first) / ms;
 }
 
-BENCHMARK_CAPTURE(BM_block, fwd_bf16, false)
+BENCHMARK_CAPTURE(BM_block, fwd_bf16, false, true)
     ->Arg(4096)->Arg(16384)->Arg(32768)->Arg(131072)->ArgName("L")->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_block, fwd_bwd_bf16, true)
+BENCHMARK_CAPTURE(BM_block, fwd_bwd_bf16, true, true)
     ->Arg(4096)->Arg(16384)->Arg(32768)->Arg(131072)->ArgName("L")->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_block, fwd_bwd_bf16_heuristic, true, false)
+    ->Arg(4096)->Arg(32768)->ArgName("L")->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace gecko::bench

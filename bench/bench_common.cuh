@@ -4,9 +4,11 @@
 #pragma once
 
 #include <benchmark/benchmark.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -84,15 +86,21 @@ struct Work {
 };
 
 // Runs launch(i) (i = rotation index) once per benchmark iteration, timed with events; reports
-// the median as the iteration time and as rate counters.
+// the median as the iteration time and as rate counters. With GECKO_PROFILE_ONE=1 in the
+// environment, the first timed iteration runs between cudaProfilerStart/Stop, so a profiler started
+// with "--profile-from-start off" (ncu, nsys) sees exactly one warm iteration of each benchmark.
 inline void run_timed(benchmark::State& state, const std::function<void(int)>& launch, int rotations, Work work) {
   EventTimer timer;
   for (int i = 0; i < 3; ++i) launch(i % rotations);
   check_cuda(cudaDeviceSynchronize(), "warm-up");
   std::vector<double> ms;
   int i = 0;
+  const char* profile = std::getenv("GECKO_PROFILE_ONE");
+  const bool profile_one = profile && std::string(profile) == "1";
   for (auto _ : state) {
+    if (profile_one && i == 0) check_cuda(cudaProfilerStart(), "cudaProfilerStart");
     const double m = timer.time_ms([&] { launch(i++ % rotations); });
+    if (profile_one && i == 1) check_cuda(cudaProfilerStop(), "cudaProfilerStop");
     state.SetIterationTime(m * 1e-3);
     ms.push_back(m);
   }

@@ -1,6 +1,7 @@
 // cuBLASLt Linear against the CPU reference: awkward shapes (odd M, small K, padded rows, a rank-3
-// input), every epilogue, pre kept or not, accumulate on/off, dpre in the workspace / given / in
-// place over dy, every dtype; determinism; the plan cache; bad arguments.
+// input), every epilogue, pre kept or not, a residual added (its own buffer and stride, or y in
+// place), accumulate on/off, dpre in the workspace / given / in place over dy, every dtype;
+// determinism; the plan cache; bad arguments.
 #include <doctest/doctest.h>
 
 #include <cstring>
@@ -60,14 +61,19 @@ double param_tolerance(bool silu) {
   return silu ? test::output_tolerance<T>() : 1e-4;  // SiLU: dpre is rounded to T before the GEMMs
 }
 
+// residual_mode (epilogues without SiLU): 0 none, 1 its own buffer with its own row stride, 2 y in place.
 template <class T>
-void run_case(Epilogue ep, const Case& c, bool keep_pre, bool accumulate, int dpre_mode, std::uint64_t seed) {
+void run_case(Epilogue ep, const Case& c, bool keep_pre, bool accumulate, int dpre_mode, std::uint64_t seed,
+              int residual_mode = 0) {
   auto& ctx = context();
   const I64 B = c.batch, L = c.length, M = B * L, K = c.K, N = c.N;
   const I64 ldx = K + c.x_pad, ldy = N + c.y_pad, ldw = K + c.w_pad, o = c.off;
   const bool silu = linear::has_silu(ep), bias = linear::has_bias(ep);
   keep_pre = keep_pre && silu;
+  if (silu) residual_mode = 0;
+  const I64 ldr = N + c.x_pad;  // the separate residual's row stride
   CAPTURE(test::type_label<T>());
+  CAPTURE(residual_mode);
   CAPTURE(linear::epilogue_name(ep));
   CAPTURE(M);
   CAPTURE(K);
@@ -89,10 +95,13 @@ void run_case(Epilogue ep, const Case& c, bool keep_pre, bool accumulate, int dp
   auto dx0 = test::random_vector<T>(o + M * ldx, seed + 5, -1, 1);
   auto dw0 = test::random_vector<float>(N * K, seed + 6, -1, 1);
   auto db0 = test::random_vector<float>(N, seed + 7, -1, 1);
+  auto res = test::random_vector<T>(o + M * ldr, seed + 8, -1, 1);
+  auto y0 = test::random_vector<T>(o + M * ldy, seed + 9, -1, 1);  // y before the call (in-place residual)
 
   // ---- forward ----
-  auto xd = test::widen(x), wd = test::widen(w), bd = test::widen(b);
-  std::vector<double> y_ref(o + M * ldy, 0.0), pre_ref(o + M * ldy, 0.0);
+  auto xd = test::widen(x), wd = test::widen(w), bd = test::widen(b), resd = test::widen(res);
+  std::vector<double> y_ref = residual_mode == 2 ? test::widen(y0) : std::vector<double>(o + M * ldy, 0.0);
+  std::vector<double> pre_ref(o + M * ldy, 0.0);
   linear::ForwardArgs<double> fr;
   fr.epilogue = ep;
   fr.x = rows3<const double>(xd.data() + o, B, L, K, ldx, H);
@@ -100,13 +109,17 @@ void run_case(Epilogue ep, const Case& c, bool keep_pre, bool accumulate, int dp
   if (bias) fr.bias = TensorView<const double>::host(bd.data() + o, {N});
   fr.y = rows3(y_ref.data() + o, B, L, N, ldy, H);
   if (keep_pre) fr.pre = rows3(pre_ref.data() + o, B, L, N, ldy, H);
+  if (residual_mode == 1) fr.residual = rows3<const double>(resd.data() + o, B, L, N, ldr, H);
+  if (residual_mode == 2) fr.residual = rows3<const double>(y_ref.data() + o, B, L, N, ldy, H);
   REQUIRE(linear::cpu::forward(fr).ok());
 
-  DeviceBuffer<T> x_d, w_d, b_d, y_d(o + M * ldy), pre_d(o + M * ldy);
+  DeviceBuffer<T> x_d, w_d, b_d, res_d, y_d(o + M * ldy), pre_d(o + M * ldy);
   x_d.upload(x);
   w_d.upload(w);
   b_d.upload(b);
-  y_d.zero();
+  res_d.upload(res);
+  if (residual_mode == 2) y_d.upload(y0);
+  else y_d.zero();
   pre_d.zero();
   linear::ForwardArgs<T> f;
   f.epilogue = ep;
@@ -115,6 +128,8 @@ void run_case(Epilogue ep, const Case& c, bool keep_pre, bool accumulate, int dp
   if (bias) f.bias = TensorView<const T>::device(b_d.data() + o, {N});
   f.y = rows3(y_d.data() + o, B, L, N, ldy, D);
   if (keep_pre) f.pre = rows3(pre_d.data() + o, B, L, N, ldy, D);
+  if (residual_mode == 1) f.residual = rows3<const T>(res_d.data() + o, B, L, N, ldr, D);
+  if (residual_mode == 2) f.residual = rows3<const T>(y_d.data() + o, B, L, N, ldy, D);
   std::size_t fws_bytes = 0;
   REQUIRE(linear::cuda::forward_workspace_size(ctx, f, fws_bytes).ok());
   DeviceBuffer<char> fws(fws_bytes);
@@ -214,7 +229,7 @@ void run_all() {
   for (const auto& c : cases)
     for (Epilogue ep : eps) {
       ++k;
-      run_case<T>(ep, c, k % 2 == 0, k % 4 >= 2, k % 3, seed += 17);
+      run_case<T>(ep, c, k % 2 == 0, k % 4 >= 2, k % 3, seed += 17, (k / 2) % 3);
     }
 }
 
@@ -230,7 +245,11 @@ TEST_CASE("gpu linear bf16 covers every flag combination on one shape") {
   for (Epilogue ep : {Epilogue::kNone, Epilogue::kBias, Epilogue::kBiasSilu, Epilogue::kSilu})
     for (bool keep_pre : {false, true})
       for (bool acc : {false, true})
-        for (int mode : {0, 1, 2}) run_case<__nv_bfloat16>(ep, c, keep_pre, acc, mode, seed += 3);
+        for (int mode : {0, 1, 2})
+          for (int residual : {0, 1, 2}) {
+            if (residual > 0 && linear::has_silu(ep)) continue;
+            run_case<__nv_bfloat16>(ep, c, keep_pre, acc, mode, seed += 3, residual);
+          }
 }
 
 TEST_CASE("gpu linear caches one plan per shape") {
@@ -303,6 +322,19 @@ TEST_CASE("gpu linear rejects bad arguments with a clear message") {
   f.pre = pre.view({M, N});
   expect(linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr), "pre is only written by SiLU");
   f.pre = {};
+  f.residual = y.view({M, N});
+  f.epilogue = Epilogue::kSilu;
+  expect(linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr), "residual is added only by epilogues without SiLU");
+  f.epilogue = Epilogue::kNone;
+  f.residual = x.view({M, K});
+  expect(linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr), "residual has shape");
+  f.residual = TensorView<const float>::strided(y.data(), {M / 2, N}, {2 * N, 1}, Memory::kDevice);
+  f.x = x.view({M / 2, K});
+  f.y = y.view({M / 2, N});
+  expect(linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr), "same row stride");
+  f.residual = {};
+  f.x = x.view({M, K});
+  f.y = y.view({M, N});
   f.weight = w.view({N, K - 1});
   expect(linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr), "weight has shape");
   f.weight = w.view({N, K});
@@ -335,4 +367,47 @@ TEST_CASE("gpu linear rejects bad arguments with a clear message") {
   g.x = x.view({M, K});
   g.dweight = dw.view({K, N});
   expect(linear::cuda::backward(ctx, g, ws.data(), ws.size(), nullptr), "dweight has shape");
+}
+
+TEST_CASE("gpu linear with measured algorithm choice: same results, the caller's output written once") {
+  // >= 1 GFLOP so that the measured context times its candidates; y accumulates a residual in
+  // place, so a timing run that touched y would show up as extra multiples of x W^T.
+  const I64 M = 1024, K = 1024, N = 512;
+  linear::cuda::Context measured;
+  REQUIRE(measured.init(linear::cuda::Context::kDefaultGemmWorkspaceBytes, linear::cuda::AlgoChoice::kMeasured).ok());
+  auto& heuristic = context();
+  DeviceBuffer<float> x, w, b, y1, y2;
+  x.upload(test::random_vector<float>(M * K, 11));
+  w.upload(test::random_vector<float>(N * K, 12));
+  b.upload(test::random_vector<float>(N, 13));
+  const auto y0 = test::random_vector<float>(M * N, 14);
+  y1.upload(y0);
+  y2.upload(y0);
+  DeviceBuffer<char> ws(linear::cuda::Context::kDefaultGemmWorkspaceBytes);
+  auto run = [&](linear::cuda::Context& ctx, DeviceBuffer<float>& y) {
+    linear::ForwardArgs<float> f;
+    f.epilogue = Epilogue::kBias;
+    f.x = x.view({M, K});
+    f.weight = w.view({N, K});
+    f.bias = b.view({N});
+    f.y = y.view({M, N});
+    f.residual = TensorView<const float>::device(y.data(), {M, N});
+    const Status st = linear::cuda::forward(ctx, f, ws.data(), ws.size(), nullptr);
+    REQUIRE_MESSAGE(st.ok(), st.to_string());
+  };
+  run(measured, y1);
+  run(heuristic, y2);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  CHECK(measured.measured_plans() == 1);
+  CHECK(measured.best_measured_gain() >= 1.0);
+  GECKO_CHECK_CLOSE(test::widen(y1.download()), test::widen(y2.download()), 1e-5, "y (measured vs heuristic)");
+  // The cached choice is reused: no second measurement, and the same call gives the same bits.
+  y1.upload(y0);
+  run(measured, y1);
+  const auto again = y1.download();
+  y1.upload(y0);
+  run(measured, y1);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  CHECK(measured.measured_plans() == 1);
+  CHECK(again == y1.download());
 }

@@ -30,13 +30,14 @@ struct Case {
   bool saved = true;      // the backward gets out and lse
   bool backward = true;
   I64 pad = 0;            // extra elements per row of q/k/v/out (strided views; odd = unaligned rows)
+  bool accumulate_dv = false;  // dv starts with random values the backward adds to
 };
 
 std::string describe(const Case& c) {
   std::ostringstream s;
   s << "B=" << c.B << " L=" << c.L << " H=" << c.H << " dk=" << c.dk << " dv=" << c.dv << " C=" << c.C << " P=" << c.P
     << " seg=" << c.segments << " rope=" << c.n_rope << " start=" << c.start << " saved=" << c.saved
-    << " pad=" << c.pad;
+    << " pad=" << c.pad << " accumulate_dv=" << c.accumulate_dv;
   return s.str();
 }
 
@@ -100,6 +101,7 @@ void run_case(const Case& c, std::uint64_t seed, bool determinism = false,
   auto pk = test::random_vector<T>(B * P * H * dk, seed + 4, -qk_range, qk_range);
   auto pv = test::random_vector<T>(B * P * H * dv, seed + 5);
   auto dout = test::random_vector<T>(B * L * H * dv, seed + 6);
+  auto dv0 = test::random_vector<T>(B * L * H * dv, seed + 9);  // dv before an accumulating backward
   std::vector<I64> seg, pseg;
   make_segments(c, seed + 7, seg, pseg);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dk))) * 1.5f;
@@ -147,7 +149,9 @@ void run_case(const Case& c, std::uint64_t seed, bool determinism = false,
       g.dout = host_view(dod, {B, L, H, dv});
       g.dq = host_view(dq_ref, {B, L, H, dk});
       g.dk = host_view(dk_ref, {B, L, H, dk});
+      if (c.accumulate_dv) dv_ref = test::widen(dv0);
       g.dv = host_view(dv_ref, {B, L, H, dv});
+      g.accumulate_dv = c.accumulate_dv;
       if (P > 0) {
         g.dprev_k = host_view(dpk_ref, {B, P, H, dk});
         g.dprev_v = host_view(dpv_ref, {B, P, H, dv});
@@ -243,6 +247,8 @@ void run_case(const Case& c, std::uint64_t seed, bool determinism = false,
   g.dq = dq_d.view({B, L, H, dk});
   g.dk = dk_d.view({B, L, H, dk});
   g.dv = dv_d.view({B, L, H, dv});
+  g.accumulate_dv = c.accumulate_dv;
+  if (c.accumulate_dv) dv_d.upload(dv0);
   if (P > 0) {
     g.dprev_k = dpk_d.view({B, P, H, dk});
     g.dprev_v = dpv_d.view({B, P, H, dv});
@@ -268,6 +274,7 @@ void run_case(const Case& c, std::uint64_t seed, bool determinism = false,
     GECKO_CHECK_CLOSE(test::widen(dpv_d.download()), dpv_ref, tol.grad, "dprev_v");
   }
   if (determinism) {
+    if (c.accumulate_dv) dv_d.upload(dv0);
     REQUIRE(bwd().ok());
     REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
     const auto dq2 = dq_d.download(), dk2 = dk_d.download(), dv2 = dv_d.download();
@@ -435,6 +442,9 @@ TEST_CASE("gpu sliding chunk attention: generic path (fp32, unaligned bf16 rows)
   c.n_rope = 1;
   c.start = 31337;
   run_case<float>(c, 30000);
+  c.accumulate_dv = true;
+  run_case<float>(c, 30050);
+  c.accumulate_dv = false;
   Case t = c;
   t.L = 40;
   t.P = 70;
@@ -455,6 +465,8 @@ TEST_CASE("gpu sliding chunk attention is deterministic") {
   c.segments = true;
   c.n_rope = 2;
   run_case<__nv_bfloat16>(c, 40000, true);
+  c.accumulate_dv = true;  // the flash dv kernel adding to dv
+  run_case<__nv_bfloat16>(c, 40050, true);
   Case d;
   d.C = 512;
   d.P = 1000;
@@ -510,6 +522,11 @@ TEST_CASE("gpu sliding chunk attention, GEMM-staged path: shapes, documents, car
   run_case<float>(cases[0], 62100, false, &one);  // fp32 GEMMs: tight tolerances
   run_case<float>(cases[2], 62200, false, &all);
   run_case<__nv_bfloat16>(cases[0], 62300, true, &one);  // deterministic
+  for (Case c : cases) {  // dv added to what the caller's buffer holds
+    c.accumulate_dv = true;
+    run_case<__nv_bfloat16>(c, seed += 7, true, &one);
+    run_case<float>(c, seed += 7, false, &all);
+  }
   Case tail;  // a tail call goes to the flash kernels through the same entry point
   tail.C = 128;
   tail.L = 57;

@@ -1,6 +1,8 @@
 // CUDA adaptive working memory against the CPU reference (double, on the same rounded inputs):
 // documents with resets and masked outputs, carried state, one chunk, many chunks, the tail and
 // decode paths (with the state updated in place), every dtype; bitwise determinism; bad arguments.
+// The 16-bit suites run twice: on the launchers of launch.cuh and on the Context-taking ones of
+// launch_cublas.cuh (the large products on cuBLASLt).
 // Every comparison is printed, so one run documents the errors of each path.
 #include <doctest/doctest.h>
 
@@ -14,6 +16,7 @@
 
 #include "gecko/core/buffer.hpp"
 #include "gecko/ops/working_memory/launch.cuh"
+#include "gecko/ops/working_memory/launch_cublas.cuh"
 #include "gecko/ops/working_memory/reference.hpp"
 #include "test_util.hpp"
 
@@ -88,8 +91,38 @@ testing::Comparison compare_ln(const std::vector<float>& got, const std::vector<
     CHECK(awm_cmp_.within(tol));                                                                         \
   } while (0)
 
+// One cuBLASLt context for the whole test program.
+linear::cuda::Context& gemm_context() {
+  static linear::cuda::Context* ctx = [] {
+    auto* c = new linear::cuda::Context();
+    throw_if_error(c->init());
+    return c;
+  }();
+  return *ctx;
+}
+
+// The launchers under test: launch.cuh's (ctx null) or launch_cublas.cuh's.
 template <class T>
-void run_case(const Shape& s, std::uint64_t seed, bool determinism = false) {
+Status wm_forward_size(linear::cuda::Context* ctx, const working_memory::ForwardArgs<T>& a, std::size_t& b) {
+  return ctx ? working_memory::cuda::forward_workspace_size(*ctx, a, b) : working_memory::cuda::forward_workspace_size(a, b);
+}
+template <class T>
+Status wm_backward_size(linear::cuda::Context* ctx, const working_memory::BackwardArgs<T>& a, std::size_t& b) {
+  return ctx ? working_memory::cuda::backward_workspace_size(*ctx, a, b)
+             : working_memory::cuda::backward_workspace_size(a, b);
+}
+template <class T>
+Status wm_forward(linear::cuda::Context* ctx, const working_memory::ForwardArgs<T>& a, void* ws, std::size_t b) {
+  return ctx ? working_memory::cuda::forward(*ctx, a, ws, b, nullptr) : working_memory::cuda::forward(a, ws, b, nullptr);
+}
+template <class T>
+Status wm_backward(linear::cuda::Context* ctx, const working_memory::BackwardArgs<T>& a, void* ws, std::size_t b) {
+  return ctx ? working_memory::cuda::backward(*ctx, a, ws, b, nullptr)
+             : working_memory::cuda::backward(a, ws, b, nullptr);
+}
+
+template <class T>
+void run_case(const Shape& s, std::uint64_t seed, bool determinism = false, linear::cuda::Context* ctx = nullptr) {
   const std::int64_t B = s.B, L = s.L, H = s.H, dk = s.dk, dv = s.dv, C = s.C;
   const bool tail = L < C;
   const std::int64_t P = tail ? std::max<std::int64_t>(s.P, 0) : (s.state ? C : 0);
@@ -97,7 +130,7 @@ void run_case(const Shape& s, std::uint64_t seed, bool determinism = false) {
   std::ostringstream lab;
   lab << test::type_label<T>() << " B" << B << " L" << L << " H" << H << " dk" << dk << " dv" << dv << " C" << C
       << (s.state ? " state" : "") << (s.seg ? " docs" : "") << (tail ? " P" + std::to_string(P) : std::string())
-      << (s.inplace ? " in-place" : "") << (s.packed_qk ? " strided" : "");
+      << (s.inplace ? " in-place" : "") << (s.packed_qk ? " strided" : "") << (ctx ? " cublaslt" : "");
   const std::string label = lab.str();
   CAPTURE(label);
 
@@ -195,10 +228,10 @@ void run_case(const Shape& s, std::uint64_t seed, bool determinism = false) {
   f.memory_out = inplace ? mem_d.view({B, H, dk, dv}) : mo_d.view({B, H, dk, dv});
   f.log_norm_out = inplace ? ln_d.view({B, H, dk}) : lo_d.view({B, H, dk});
   std::size_t fbytes = 0;
-  const Status fsize = working_memory::cuda::forward_workspace_size(f, fbytes);
+  const Status fsize = wm_forward_size(ctx, f, fbytes);
   REQUIRE_MESSAGE(fsize.ok(), fsize.to_string());
   DeviceBuffer<char> fws(fbytes);
-  const Status fst = working_memory::cuda::forward(f, fws.data(), fbytes, nullptr);
+  const Status fst = wm_forward(ctx, f, fws.data(), fbytes);
   REQUIRE_MESSAGE(fst.ok(), fst.to_string());
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   const auto out = out_d.download();
@@ -278,10 +311,10 @@ void run_case(const Shape& s, std::uint64_t seed, bool determinism = false) {
     g.dprev_v = dpv_d.view({B, C, H, dv});
   }
   std::size_t bbytes = 0;
-  const Status bsize = working_memory::cuda::backward_workspace_size(g, bbytes);
+  const Status bsize = wm_backward_size(ctx, g, bbytes);
   REQUIRE_MESSAGE(bsize.ok(), bsize.to_string());
   DeviceBuffer<char> bws(bbytes);
-  const Status bst = working_memory::cuda::backward(g, bws.data(), bbytes, nullptr);
+  const Status bst = wm_backward(ctx, g, bws.data(), bbytes);
   REQUIRE_MESSAGE(bst.ok(), bst.to_string());
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   const auto daq = daq_d.download(), dak = dak_d.download(), dvv = dv_d.download();
@@ -296,8 +329,8 @@ void run_case(const Shape& s, std::uint64_t seed, bool determinism = false) {
   }
 
   if (determinism) {  // bitwise: no atomics, fixed reduction orders
-    REQUIRE(working_memory::cuda::forward(f, fws.data(), fbytes, nullptr).ok());
-    REQUIRE(working_memory::cuda::backward(g, bws.data(), bbytes, nullptr).ok());
+    REQUIRE(wm_forward(ctx, f, fws.data(), fbytes).ok());
+    REQUIRE(wm_backward(ctx, g, bws.data(), bbytes).ok());
     REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
     CHECK(std::memcmp(out.data(), out_d.download().data(), nv * sizeof(T)) == 0);
     CHECK(std::memcmp(daq.data(), daq_d.download().data(), nq * sizeof(T)) == 0);
@@ -305,14 +338,14 @@ void run_case(const Shape& s, std::uint64_t seed, bool determinism = false) {
     CHECK(std::memcmp(dvv.data(), dv_d.download().data(), nv * sizeof(T)) == 0);
     if (s.state) {
       const auto dm1 = dm_d.download();
-      REQUIRE(working_memory::cuda::backward(g, bws.data(), bbytes, nullptr).ok());
+      REQUIRE(wm_backward(ctx, g, bws.data(), bbytes).ok());
       CHECK(std::memcmp(dm1.data(), dm_d.download().data(), dm1.size() * sizeof(float)) == 0);
     }
   }
 }
 
 template <class T>
-void full_suite() {
+void full_suite(linear::cuda::Context* ctx = nullptr) {
   std::uint64_t seed = 500;
   const Shape shapes[] = {
       {3, 256, 2, 64, 128, 64, true, true},                 // carried state, documents, resets, masks
@@ -323,11 +356,11 @@ void full_suite() {
       {2, 448, 1, 192, 128, 64, true, true, -1, false, true},  // 7 chunks, dk 192, strided aq / ak
       {3, 64, 2, 64, 64, 64, true, true},                   // one chunk with a carried state (bug 4.1 shape)
   };
-  for (const auto& s : shapes) run_case<T>(s, seed += 31);
+  for (const auto& s : shapes) run_case<T>(s, seed += 31, false, ctx);
 }
 
 template <class T>
-void tail_suite() {
+void tail_suite(linear::cuda::Context* ctx = nullptr) {
   std::uint64_t seed = 900;
   const Shape shapes[] = {
       {3, 47, 1, 64, 64, 64, true, true, 81},               // completes a chunk: absorbs chunk -1
@@ -337,7 +370,7 @@ void tail_suite() {
       {2, 54, 1, 64, 64, 64, false, false, 10},             // first chunk completes: the empty state
       {2, 5, 1, 64, 64, 64, false, true, 0},                // first tokens of a stream: zeros only
   };
-  for (const auto& s : shapes) run_case<T>(s, seed += 17);
+  for (const auto& s : shapes) run_case<T>(s, seed += 17, false, ctx);
 }
 
 }  // namespace
@@ -355,8 +388,17 @@ TEST_CASE("gpu working memory fp16 matches the CPU reference") {
   tail_suite<__half>();
 }
 
+TEST_CASE("gpu working memory with cuBLASLt products matches the CPU reference (bf16, fp16, fp32)") {
+  auto* ctx = &gemm_context();
+  full_suite<__nv_bfloat16>(ctx);
+  tail_suite<__nv_bfloat16>(ctx);
+  full_suite<__half>(ctx);
+  run_case<float>({3, 256, 2, 64, 128, 64, true, true}, 4141, false, ctx);  // fp32 keeps the engine
+}
+
 TEST_CASE("gpu working memory bf16 at a larger shape, bitwise deterministic") {
   run_case<__nv_bfloat16>({1, 1024, 2, 256, 512, 256, true, true}, 4242, true);
+  run_case<__nv_bfloat16>({1, 1024, 2, 256, 512, 256, true, true}, 4242, true, &gemm_context());
   run_case<float>({2, 256, 1, 128, 128, 64, true, true}, 4343, true);
 }
 

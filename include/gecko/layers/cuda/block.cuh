@@ -107,10 +107,11 @@ Status add(Arena& ws, T* out, const T* a, const T* b, std::int64_t rows, std::in
   });
 }
 
+// y = ep(x W^T + bias) [+ residual]; residual may be y itself.
 template <class T>
 Status linear_forward(linear::cuda::Context& ctx, Arena& ws, linear::Epilogue ep, const T* x, std::int64_t rows,
                       std::int64_t in, const TensorView<const T>& w, const TensorView<const T>& bias, T* y,
-                      std::int64_t out, T* pre, cudaStream_t st) {
+                      std::int64_t out, T* pre, cudaStream_t st, const T* residual = nullptr) {
   linear::ForwardArgs<T> a;
   a.epilogue = ep;
   a.x = TensorView<const T>::device(x, {rows, in});
@@ -118,6 +119,7 @@ Status linear_forward(linear::cuda::Context& ctx, Arena& ws, linear::Epilogue ep
   if (linear::has_bias(ep)) a.bias = bias;
   a.y = TensorView<T>::device(y, {rows, out});
   if (pre) a.pre = TensorView<T>::device(pre, {rows, out});
+  if (residual) a.residual = TensorView<const T>::device(residual, {rows, out});
   return stage(
       ws, [&](std::size_t& b) { return linear::cuda::forward_workspace_size(ctx, a, b); },
       [&](void* p, std::size_t b) { return linear::cuda::forward(ctx, a, p, b, st); });
@@ -128,7 +130,7 @@ template <class T>
 Status linear_backward(linear::cuda::Context& ctx, Arena& ws, linear::Epilogue ep, const T* x, std::int64_t rows,
                        std::int64_t in, const TensorView<const T>& w, const T* pre, const T* dy, std::int64_t out,
                        T* dx, bool accumulate_dx, const TensorView<float>& dw, const TensorView<float>& db,
-                       cudaStream_t st) {
+                       cudaStream_t st, T* dpre = nullptr) {
   linear::BackwardArgs<T> a;
   a.epilogue = ep;
   a.x = TensorView<const T>::device(x, {rows, in});
@@ -139,6 +141,7 @@ Status linear_backward(linear::cuda::Context& ctx, Arena& ws, linear::Epilogue e
   a.accumulate_dx = accumulate_dx;
   a.dweight = dw;
   if (linear::has_bias(ep)) a.dbias = db;
+  if (dpre) a.dpre = TensorView<T>::device(dpre, {rows, out});  // may be dy itself (in place)
   return stage(
       ws, [&](std::size_t& b) { return linear::cuda::backward_workspace_size(ctx, a, b); },
       [&](void* p, std::size_t b) { return linear::cuda::backward(ctx, a, p, b, st); });
@@ -316,18 +319,11 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
   GECKO_RETURN_IF_ERROR(stage(ws, [&] { return gated_combine::cuda::forward(gc, st); }));
   ws.rewind(mark);
 
-  // y = wh1(mx) + wh2(attn) + x.
-  {
-    const std::size_t m2 = ws.used();
-    T* tmp = ws.take<T>(static_cast<std::size_t>(R) * d.D);
-    GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kBias, s.mx, R, d.D, P.t(mp + "wh1.weight"),
-                                            P.t(mp + "wh1.bias"), s.y, d.D, nullptr, st));
-    GECKO_RETURN_IF_ERROR(add<T>(ws, s.y, s.y, x, R, d.D, st));
-    GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kNone, s.attn, R, d.E, P.t(mp + "wh2.weight"),
-                                            {}, tmp, d.D, nullptr, st));
-    GECKO_RETURN_IF_ERROR(add<T>(ws, s.y, s.y, tmp, R, d.D, st));
-    ws.rewind(m2);
-  }
+  // y = wh1(mx) + x, then y += wh2(attn): the residual rides in the GEMMs' C operand (beta = 1).
+  GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kBias, s.mx, R, d.D, P.t(mp + "wh1.weight"),
+                                          P.t(mp + "wh1.bias"), s.y, d.D, nullptr, st, x));
+  GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kNone, s.attn, R, d.E, P.t(mp + "wh2.weight"),
+                                          {}, s.y, d.D, nullptr, st, s.y));
 
   // Normalized SwiGLU feed-forward: out = fc2(silu(fc1(u)) * fc3(u)) + y, u = layernorm(y).
   group_norm::ForwardArgs<T> ln;
@@ -348,9 +344,8 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
   sw.b = TensorView<const T>::device(s.b, {R, d.F});
   sw.hidden = TensorView<T>::device(s.hidden, {R, d.F});
   GECKO_RETURN_IF_ERROR(stage(ws, [&] { return swiglu::cuda::forward(sw, st); }));
-  GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kNone, s.hidden, R, d.F, P.t(np + "fc2.weight"),
-                                          {}, out, d.D, nullptr, st));
-  return add<T>(ws, out, out, s.y, R, d.D, st);
+  return linear_forward<T>(ctx, ws, linear::Epilogue::kNone, s.hidden, R, d.F, P.t(np + "fc2.weight"), {}, out,
+                           d.D, nullptr, st, s.y);
 }
 
 // The backward: dx and every parameter gradient (overwritten) from dout and the activations.
@@ -368,8 +363,7 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
 
   // Scratch that lives through the whole backward.
   T* dy = ws.take<T>(Rz * d.D);       // gradient at the MEGA output y
-  T* g1 = ws.take<T>(Rz * d.D);       // D-wide scratch (du, then dmx)
-  T* g2 = ws.take<T>(Rz * d.D);       // D-wide scratch (dxc, then dxn)
+  T* g1 = ws.take<T>(Rz * d.D);       // D-wide scratch (du, then dmx, then dx of the norm)
   T* gF1 = ws.take<T>(Rz * std::max(d.F, d.E));  // F/E-wide scratch
   T* gF2 = ws.take<T>(Rz * std::max(d.F, d.E));
   T* gF3 = ws.take<T>(Rz * std::max(d.F, d.E));
@@ -443,7 +437,7 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
   GECKO_RETURN_IF_ERROR(stage(
       ws, [&](std::size_t& b) { return working_memory::cuda::backward_workspace_size(wb, b); },
       [&](void* p, std::size_t b) { return working_memory::cuda::backward(wb, p, b, st); }));
-  // Sliding chunk attention backward: dq, dk, dv (into gF1: dattn is no longer needed).
+  // Sliding chunk attention backward: dq, dk, and dv added to the working memory's (gF3).
   sliding_chunk_attention::BackwardArgs<T> sb2;
   sb2.chunk = d.C;
   sb2.rope = c.rope(0);
@@ -456,15 +450,12 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
   sb2.dout = blh<const T>(gF2, B, L, d.H, d.dv);
   sb2.dq = blh(gdq, B, L, d.H, d.dz);
   sb2.dk = blh(gdk, B, L, d.H, d.dz);
-  sb2.dv = blh(gF1, B, L, d.H, d.dv);
+  sb2.dv = blh(gF3, B, L, d.H, d.dv);
+  sb2.accumulate_dv = true;
   GECKO_RETURN_IF_ERROR(stage(
       ws, [&](std::size_t& b) { return sliding_chunk_attention::cuda::backward_workspace_size(ctx, sb2, b); },
       [&](void* p, std::size_t b) { return sliding_chunk_attention::cuda::backward(ctx, sb2, p, b, st); }));
-  GECKO_RETURN_IF_ERROR(add<T>(ws, gF1, gF1, gF3, R, d.E, st));  // dv = dv_sca + dv_awm
-  // v = silu(wv(xn)): dxn (g2) = dpre wv
-  GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, linear::Epilogue::kBiasSilu, s.xn, R, d.D, P.t(mp + "wv.weight"),
-                                           s.v_pre, gF1, d.E, g2, false, G.g(mp + "wv.weight"), G.g(mp + "wv.bias"),
-                                           st));
+  // gF3 = dv until the wv backward below; gF1 and gF2 are free.
   // The four views and the z normalisation: dz.
   qk_views::BackwardArgs<T> qb;
   qb.heads = d.H;
@@ -485,7 +476,7 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
   GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, linear::Epilogue::kBias, s.mx, R, d.D, P.t(mp + "wz.weight"),
                                            nullptr, gdz, d.Z, g1, true, G.g(mp + "wz.weight"), G.g(mp + "wz.bias"),
                                            st));
-  // RMSNorm backward: dxc (into gF2's first D columns of scratch).
+  // RMSNorm backward: dxc (into the first D columns of gF2).
   T* dxc = gF2;
   group_norm::BackwardArgs<T> rb;
   rb.kind = group_norm::Kind::kRms;
@@ -499,8 +490,8 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
   GECKO_RETURN_IF_ERROR(stage(
       ws, [&](std::size_t& b) { return group_norm::cuda::backward_workspace_size(rb, b); },
       [&](void* p, std::size_t b) { return group_norm::cuda::backward(rb, p, b, st); }));
-  // CEMA backward (residual included): dxn += cema'(dxc).
-  T* dxn_cema = gF3;
+  // CEMA backward (residual included): dxn = cema'(dxc), into gF1.
+  T* dxn = gF1;
   cema::BackwardArgs<T> cb;
   cb.x = TensorView<const T>::device(s.xn, {B, L, d.D});
   cb.bos_mask = in.bos_mask;
@@ -509,7 +500,7 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
   cb.theta = P.f(mp + "cema.theta");
   cb.gamma = P.f(mp + "cema.gamma");
   cb.dy = TensorView<const T>::device(dxc, {B, L, d.D});
-  cb.dx = TensorView<T>::device(dxn_cema, {B, L, d.D});
+  cb.dx = TensorView<T>::device(dxn, {B, L, d.D});
   cb.dalpha = G.g(mp + "cema.alpha");
   cb.ddelta = G.g(mp + "cema.delta");
   cb.dtheta = G.g(mp + "cema.theta");
@@ -519,7 +510,10 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
   GECKO_RETURN_IF_ERROR(stage(
       ws, [&](std::size_t& b) { return cema::cuda::backward_workspace_size(cb, b); },
       [&](void* p, std::size_t b) { return cema::cuda::backward(cb, ce_saved, p, b, st); }));
-  GECKO_RETURN_IF_ERROR(add<T>(ws, g2, g2, dxn_cema, R, d.D, st));
+  // v = silu(wv(xn)): dxn += dpre wv (dpre in place over dv).
+  GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, linear::Epilogue::kBiasSilu, s.xn, R, d.D, P.t(mp + "wv.weight"),
+                                           s.v_pre, gF3, d.E, dxn, true, G.g(mp + "wv.weight"), G.g(mp + "wv.bias"),
+                                           st, gF3));
   // Timestep norm backward: dx (into g1), then + the residual dy.
   timestep_norm::BackwardArgs<T> tb;
   tb.groups = d.G;
@@ -530,7 +524,7 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
   tb.x = TensorView<const T>::device(x, {B, L, d.D});
   tb.weight = P.t(mp + "timenorm.weight");
   tb.bos_mask = in.bos_mask;
-  tb.dy = TensorView<const T>::device(g2, {B, L, d.D});
+  tb.dy = TensorView<const T>::device(dxn, {B, L, d.D});
   tb.dx = TensorView<T>::device(g1, {B, L, d.D});
   tb.dweight = G.g(mp + "timenorm.weight");
   tb.dbias = G.g(mp + "timenorm.bias");

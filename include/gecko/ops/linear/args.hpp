@@ -6,6 +6,9 @@
 //   y      [..., N]  T   M rows, own row stride
 //   pre    [..., N]  T   optional, SiLU epilogues only: the pre-activation x W^T + bias as rounded to
 //                        T (what backward needs). Without it y is produced in place.
+//   residual [..., N] T  optional, epilogues without SiLU: y = x W^T (+ bias) + residual, added in
+//                        fp32 before y is rounded (a residual connection without a separate pass).
+//                        May be y itself (same data and row stride) to accumulate into y.
 //
 // Epilogues: kNone (y = x W^T), kBias (+ bias), kBiasSilu (silu(x W^T + bias)), kSilu. Products
 // accumulate in fp32 whatever T is (fp32 inputs use full fp32, not TF32).
@@ -49,6 +52,7 @@ struct ForwardArgs {
   TensorView<const T> bias;    // [N] iff has_bias(epilogue)
   TensorView<T> y;             // [..., N]
   TensorView<T> pre;           // [..., N] optional, SiLU epilogues only
+  TensorView<const T> residual;  // [..., N] optional, not with SiLU; may be y (same row stride)
 };
 
 template <class T>
@@ -68,7 +72,7 @@ struct BackwardArgs {
 
 struct Problem {
   std::int64_t M = 0, N = 0, K = 0;
-  std::int64_t ldx = 0, ldw = 0, ldy = 0, ldpre = 0;  // row strides in elements
+  std::int64_t ldx = 0, ldw = 0, ldy = 0, ldpre = 0, ldres = 0;  // row strides in elements
   std::int64_t lddy = 0, lddx = 0, lddw = 0, lddpre = 0;
 };
 
@@ -138,6 +142,14 @@ Status validate(const ForwardArgs<T>& a, Memory where, Problem& p) {
     GECKO_RETURN_IF_ERROR(check_row_matrix(a.pre, "pre", p.M, p.N, where, p.ldpre));
     if (static_cast<const void*>(a.pre.data) == static_cast<const void*>(a.y.data))
       return invalid_argument("pre and y must be different buffers");
+  }
+  if (!a.residual.empty()) {
+    if (has_silu(a.epilogue))
+      return invalid_argument(std::string("residual is added only by epilogues without SiLU, not '") +
+                              epilogue_name(a.epilogue) + "'");
+    GECKO_RETURN_IF_ERROR(check_row_matrix(a.residual, "residual", p.M, p.N, where, p.ldres));
+    if (static_cast<const void*>(a.residual.data) == static_cast<const void*>(a.y.data) && p.ldres != p.ldy)
+      return invalid_argument("residual may be y itself only with the same row stride");
   }
   return Status::success();
 }

@@ -1,7 +1,8 @@
 // Host launchers of the Linear layer on cuBLASLt, with fused epilogues.
 //
 // Row-major tensors are column-major transposes, so every product is one cuBLASLt call:
-//   forward  y^T  [N, M] = W_stored^T(op T) x^T            epilogue BIAS when there is a bias
+//   forward  y^T  [N, M] = W_stored^T(op T) x^T            epilogue BIAS when there is a bias,
+//                                                          C = residual^T with beta = 1 when given
 //   dx       dx^T [K, M] = W_stored(op N)   dpre^T         beta = 1 to accumulate
 //   dweight  dW^T [K, N] = x^T(op N)        dpre^T(op T)   fp32 output, beta = 1 to accumulate
 // cuBLASLt has no SiLU epilogue (only ReLU/GELU and their AUX forms), so SiLU is one fused
@@ -113,6 +114,13 @@ Status forward(Context& ctx, const ForwardArgs<T>& a, void* workspace, std::size
   g.d = out;
   g.ldd = ld_out;
   g.bias = has_bias(a.epilogue) ? a.bias.data : nullptr;
+  if (!a.residual.empty()) {  // D = W x + bias + 1 * residual, in fp32 before rounding
+    g.beta = 1.f;
+    if (static_cast<const void*>(a.residual.data) != static_cast<const void*>(out)) {
+      g.c = a.residual.data;
+      g.ldc = p.ldres;
+    }
+  }
   GECKO_RETURN_IF_ERROR(ctx.matmul(g, workspace, stream));
   if (!silu) return Status::success();
 

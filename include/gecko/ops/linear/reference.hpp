@@ -33,6 +33,7 @@ Status forward(const ForwardArgs<T>& a) {
       double acc = has_bias(a.epilogue) ? to_double(a.bias.data[n]) : 0.0;
       for (std::int64_t k = 0; k < p.K; ++k) acc += to_double(x[k]) * to_double(w[k]);
       if (silu && !a.pre.empty()) a.pre.data[m * p.ldpre + n] = from_double<T>(acc);
+      if (!a.residual.empty()) acc += to_double(a.residual.data[m * p.ldres + n]);
       a.y.data[m * p.ldy + n] = from_double<T>(silu ? detail::silu(acc) : acc);
     }
   }

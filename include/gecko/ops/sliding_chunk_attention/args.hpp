@@ -72,6 +72,8 @@ struct BackwardArgs {
   TensorView<T> dq;                             // [B, L, H, dk] w.r.t. the pre-RoPE q
   TensorView<T> dk;                             // [B, L, H, dk] w.r.t. the pre-RoPE k
   TensorView<T> dv;                             // [B, L, H, dv]
+  bool accumulate_dv = false;                   // dv += (a second consumer's gradient already in
+                                                // dv, e.g. the working memory's) instead of dv =
   TensorView<T> dprev_k;                        // [B, P, H, dk] w.r.t. the post-RoPE prev_k, or empty
   TensorView<T> dprev_v;                        // [B, P, H, dv], or empty
 };

@@ -26,6 +26,7 @@ struct DvParams {
   const float* lse = nullptr;
   i64 lse_sb = 0, lse_sh = 0, lse_sl = 0;
   OutRows<T> grad_v, grad_prev_v;  // dv, dprev_v (may be null)
+  int accumulate_v = 0;            // grad_v += instead of = (not grad_prev_v)
   int n = 1, rows = kRowTile, width = 0;
 };
 
@@ -163,16 +164,26 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dv_kernel(const __grid_c
     for (int hf = 0; hf < 2; ++hf) {
       const int j = j0 + 64 * wm + 16 * mt + g + 8 * hf;
       T* dst = nullptr;
+      bool add = false;
       if (j < p.P) {
         if (p.grad_prev_v.p) dst = p.grad_prev_v.at(b, j, h);
       } else if (j < p.keys) {
         dst = p.grad_v.at(b, j - p.P, h);
+        add = p.accumulate_v;
       }
       if (!dst) continue;
       dst += c0 + 64 * wn + 2 * t;
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-        *reinterpret_cast<std::uint32_t*>(dst + 8 * nt) = pack2<T>(o[mt][nt][2 * hf], o[mt][nt][2 * hf + 1]);
+      for (int nt = 0; nt < 8; ++nt) {
+        auto* d2 = reinterpret_cast<std::uint32_t*>(dst + 8 * nt);
+        float v0 = o[mt][nt][2 * hf], v1 = o[mt][nt][2 * hf + 1];
+        if (add) {
+          const float2 old = unpack2<T>(*d2);
+          v0 += old.x;
+          v1 += old.y;
+        }
+        *d2 = pack2<T>(v0, v1);
+      }
     }
 }
 

@@ -43,6 +43,10 @@ __device__ __forceinline__ bool chunk_col_visible(const ChunkRows& a, int c, int
   return a.seg.key(a.b, a.P + (c - 1) * a.C + j) == qseg;
 }
 
+// Columns of row i the GEMMs wrote and will read: the first half of a chunk's rows never sees the
+// last C/2 columns (launch_gemm.cuh, "the causal quadrant"), so those are neither read nor written.
+__device__ __forceinline__ int row_width(const ChunkRows& a, int i) { return i < a.C / 2 ? a.C + a.C / 2 : 2 * a.C; }
+
 template <class Op>
 __device__ __forceinline__ float block_reduce(float v, float* red, Op op) {
 #pragma unroll
@@ -79,7 +83,7 @@ __global__ void __launch_bounds__(kRowThreads) chunk_softmax_kernel(ChunkRows a)
   const int r = c * a.C + i;  // query row in the call
   float* row = a.s + g * a.chunk_stride + static_cast<i64>(i) * 2 * a.C;
   const i64 qseg = a.segments ? a.seg.query(a.b, r) : 0;
-  const int width = 2 * a.C;
+  const int width = row_width(a, i);
   float v[kRowMaxVec][4];
   float m = -INFINITY;
 #pragma unroll
@@ -139,7 +143,7 @@ __global__ void __launch_bounds__(kRowThreads) chunk_softmax_grad_kernel(ChunkRo
   const i64 qseg = a.segments ? a.seg.query(a.b, r) : 0;
   const float lse = a.lse_in[a.b * a.lse_sb + a.h * a.lse_sh + static_cast<i64>(r) * a.lse_sl];
   const float Dr = a.D[(static_cast<i64>(a.b) * a.H + a.h) * a.L + r];
-  const int width = 2 * a.C;
+  const int width = row_width(a, i);
   float p[kRowMaxVec][4], ds[kRowMaxVec][4];
 #pragma unroll
   for (int it = 0; it < kRowMaxVec; ++it) {

@@ -15,6 +15,7 @@ struct GenParams {
   int L = 0, H = 0, dk = 0, dv = 0, P = 0, keys = 0;
   i64 chunk = 0, start = 0;
   int n_rope = 0, segments = 0;
+  int accumulate_dv = 0;  // dv += instead of = (not dprev_v)
   float scale = 1.f;
   Rows<T> q, qrot, dout;
   Window<T> kw, vw;
@@ -214,7 +215,7 @@ __global__ void __launch_bounds__(kGenThreads) generic_dkdv_kernel(const __grid_
   }
   T* dkr = nullptr;
   T* dvr = nullptr;
-  bool rotate = false;
+  bool rotate = false, add_v = false;
   if (j < p.P) {
     if (p.gprev_k.p) dkr = p.gprev_k.at(b, j, h);
     if (p.gprev_v.p) dvr = p.gprev_v.at(b, j, h);
@@ -222,6 +223,7 @@ __global__ void __launch_bounds__(kGenThreads) generic_dkdv_kernel(const __grid_
     dkr = p.gk.at(b, j - p.P, h);
     dvr = p.gv.at(b, j - p.P, h);
     rotate = h < p.n_rope;
+    add_v = p.accumulate_dv;
   }
   if (dkr && 2 * i < p.dk) {
     if (rotate) {
@@ -238,7 +240,7 @@ __global__ void __launch_bounds__(kGenThreads) generic_dkdv_kernel(const __grid_
 #pragma unroll
     for (int u = 0; u < kGenMaxDv / kGenThreads; ++u) {
       const int c = threadIdx.x + u * kGenThreads;
-      if (c < p.dv) dvr[c] = from_float<T>(gv[u]);
+      if (c < p.dv) dvr[c] = from_float<T>(add_v ? gv[u] + to_float(dvr[c]) : gv[u]);
     }
   }
 }

@@ -541,6 +541,7 @@ Status backward(const BackwardArgs<T>& a, void* workspace, std::size_t workspace
     g.gq = detail::out_rows_of(a.dq);
     g.gk = detail::out_rows_of(a.dk);
     g.gv = detail::out_rows_of(a.dv);
+    g.accumulate_dv = a.accumulate_dv ? 1 : 0;
     g.gprev_k = detail::out_rows_of(a.dprev_k);
     g.gprev_v = detail::out_rows_of(a.dprev_v);
     g.lse_ws = reinterpret_cast<float*>(ws + pl.lse_ws);
@@ -660,6 +661,7 @@ Status backward_fast(const BackwardArgs<T>& a, const Problem& p, const Plan& pl,
   v.lse_sh = lse_sh;
   v.lse_sl = lse_sl;
   v.grad_v = detail::out_rows_of(a.dv);
+  v.accumulate_v = a.accumulate_dv ? 1 : 0;
   v.grad_prev_v = detail::out_rows_of(a.dprev_v);
   v.n = pl.cl.n;
   v.rows = pl.cl.rows;

@@ -18,10 +18,16 @@
 //             dQ_c = scale dS Kw_c              (GEMM into dq)
 //             dK_j, dV_j from the two chunks that see key chunk j: the chunk's own part first,
 //             then the next chunk's "previous" part accumulated (beta = 1) in chunk order, so
-//             results are deterministic; the carried chunk's parts go to dprev_k / dprev_v
+//             results are deterministic (with accumulate_dv the own part adds to dv's contents
+//             too); the carried chunk's parts go to dprev_k / dprev_v
 //             then RoPE's transpose is applied in place on dq and dk.
 // The first chunk of a call has no key chunk -1 inside the call: its window is the carried chunk
 // (own GEMMs on prev_k / prev_v) or nothing (those columns are masked and never read).
+// The causal quadrant. With h = C / 2, query rows [0, h) of a chunk see window columns [0, C + h)
+// only: every GEMM over queries runs in two halves (rows [0, h) against 1.5 C columns, rows
+// [h, C) against 2 C), and the own-chunk dK / dV GEMMs give key rows [h, C) only the queries
+// [h, C). That skips the always-masked quarter of the own block, 1/8 of the products; the row
+// kernels then read and write 1.5 C columns for the first half of the rows.
 //
 // Everything else (tail / decode calls, C not a multiple of 64, windows wider than 8192 keys)
 // goes to the flash kernels of launch.cuh through the same entry points.
@@ -232,30 +238,84 @@ kernels::ChunkRows chunk_rows(const A& a, const Problem& p, float* s, i64 chunk_
   return r;
 }
 
+// Query rows [r0, r0 + C/2) of a chunk: their first row and how many window columns they see.
+struct Half {
+  i64 r0, width;
+};
+inline Half query_half(i64 C, int half) { return half ? Half{C / 2, 2 * C} : Half{0, C + C / 2}; }
+
+// X^T (rows x C per chunk, ld 2C, fp32) = alpha W Y^T for chunks [c0, c1) of head (b, h), where W is
+// the 2C-row window of `w` (k for the logits, v for dP) and Y the chunk's rows of `y` (q or dO),
+// over an inner dimension of `inner`; skips the causal quadrant.
+template <class T>
+Status window_products(const Step& st, const Problem& p, const Mat& w, const Mat& y, const Mat* prev_w, i64 inner,
+                       float alpha, int c0, int c1, float* X, i64 cs) {
+  constexpr cudaDataType_t ty = linear::cuda::cuda_data_type<T>();
+  const i64 C = p.chunk;
+  const int first = std::max(c0, 1);
+  for (int half = 0; half < 2; ++half) {
+    const Half hv = query_half(C, half);
+    // chunks >= 1: the window is rows (c - 1) C .. (c + 1) C of w
+    GECKO_RETURN_IF_ERROR(st.run(ty, CUDA_R_32F, true, false, hv.width, C / 2, inner, rows_at<T>(w, (first - 1) * C),
+                                 w.ld, C * w.ld, rows_at<T>(y, first * C + hv.r0), y.ld, C * y.ld,
+                                 X + (first - c0) * cs + hv.r0 * 2 * C, 2 * C, cs, c1 - first, alpha, 0.f));
+    if (c0 == 0)  // chunk 0's own columns
+      GECKO_RETURN_IF_ERROR(st.run(ty, CUDA_R_32F, true, false, hv.width - C, C / 2, inner, w.p, w.ld, 0,
+                                   rows_at<T>(y, hv.r0), y.ld, 0, X + C + hv.r0 * 2 * C, 2 * C, 0, 1, alpha, 0.f));
+  }
+  if (c0 == 0 && prev_w)  // chunk 0's carried columns: no mask
+    GECKO_RETURN_IF_ERROR(
+        st.run(ty, CUDA_R_32F, true, false, C, C, inner, prev_w->p, prev_w->ld, 0, y.p, y.ld, 0, X, 2 * C, 0, 1, alpha, 0.f));
+  return Status::success();
+}
+
+// Z^T (m x C per chunk, into rows of z) = alpha W^T M^T for chunks [c0, c1): W the 2C-row window
+// of `w` (v for the output, k for dQ), M the T matrix of the group buffer (P or dS, ld ldm); the
+// carried chunk's part (prev_w) accumulates onto chunk 0's. Skips the causal quadrant.
+template <class T>
+Status window_apply(const Step& st, const Problem& p, const Mat& w, const Mat* prev_w, i64 m, const T* M, i64 ldm,
+                    i64 csm, float alpha, int c0, int c1, T* z, i64 ldz) {
+  constexpr cudaDataType_t ty = linear::cuda::cuda_data_type<T>();
+  const i64 C = p.chunk;
+  const int first = std::max(c0, 1);
+  for (int half = 0; half < 2; ++half) {
+    const Half hv = query_half(C, half);
+    GECKO_RETURN_IF_ERROR(st.run(ty, ty, false, false, m, C / 2, hv.width, rows_at<T>(w, (first - 1) * C), w.ld,
+                                 C * w.ld, M + (first - c0) * csm + hv.r0 * ldm, ldm, csm,
+                                 z + (first * C + hv.r0) * ldz, ldz, C * ldz, c1 - first, alpha, 0.f));
+    if (c0 == 0)
+      GECKO_RETURN_IF_ERROR(st.run(ty, ty, false, false, m, C / 2, hv.width - C, w.p, w.ld, 0, M + C + hv.r0 * ldm, ldm,
+                                   0, z + hv.r0 * ldz, ldz, 0, 1, alpha, 0.f));
+  }
+  if (c0 == 0 && prev_w)
+    GECKO_RETURN_IF_ERROR(
+        st.run(ty, ty, false, false, m, C, C, prev_w->p, prev_w->ld, 0, M, ldm, 0, z, ldz, 0, 1, alpha, 1.f));
+  return Status::success();
+}
+
+// G^T (m x C keys per chunk, into rows of g) [+]= alpha Y^T M[:, C:2C] for the own key chunk of
+// chunks [c0, c1): Y the chunk's query rows of `y` (q for dK, dO for dV), M the group's P or dS.
+// Key rows [C/2, C) see queries [C/2, C) only.
+template <class T>
+Status own_keys(const Step& st, const Problem& p, const Mat& y, i64 m, const T* M, i64 ldm, i64 csm, float alpha,
+                float beta, int c0, int n, T* g, i64 ldg) {
+  constexpr cudaDataType_t ty = linear::cuda::cuda_data_type<T>();
+  const i64 C = p.chunk, h = C / 2;
+  GECKO_RETURN_IF_ERROR(st.run(ty, ty, false, true, m, h, C, rows_at<T>(y, c0 * C), y.ld, C * y.ld, M + C, ldm, csm,
+                               g + c0 * C * ldg, ldg, C * ldg, n, alpha, beta));
+  return st.run(ty, ty, false, true, m, h, h, rows_at<T>(y, c0 * C + h), y.ld, C * y.ld, M + C + h + h * ldm, ldm, csm,
+                g + (c0 * C + h) * ldg, ldg, C * ldg, n, alpha, beta);
+}
+
 // S (fp32, ld 2C) = scale Qw Kw^T for chunks [c0, c1) of head (b, h).
 template <class T>
 Status logits(const Step& st, const Operands<T>& op, const Problem& p, float scale, std::int64_t b, std::int64_t h,
               int c0, int c1, float* S, i64 cs) {
-  constexpr cudaDataType_t ty = linear::cuda::cuda_data_type<T>();
-  const i64 C = p.chunk, dk = p.dk;
   const Mat q = op.qmat(b, h), k = op.kmat(b, h);
-  const int first = std::max(c0, 1);
-  // chunks >= 1: the window is rows (c - 1) C .. (c + 1) C of k
-  GECKO_RETURN_IF_ERROR(st.run(ty, CUDA_R_32F, true, false, 2 * C, C, dk, rows_at<T>(k, (first - 1) * C), k.ld,
-                               C * k.ld, rows_at<T>(q, first * C), q.ld, C * q.ld, S + (first - c0) * cs, 2 * C, cs,
-                               c1 - first, scale, 0.f));
-  if (c0 == 0) {
-    GECKO_RETURN_IF_ERROR(st.run(ty, CUDA_R_32F, true, false, C, C, dk, k.p, k.ld, 0, q.p, q.ld, 0, S + C, 2 * C, 0,
-                                 1, scale, 0.f));
-    if (p.prev > 0) {
-      const Mat pk = head_mat(op.prev_k, b, h);
-      GECKO_RETURN_IF_ERROR(
-          st.run(ty, CUDA_R_32F, true, false, C, C, dk, pk.p, pk.ld, 0, q.p, q.ld, 0, S, 2 * C, 0, 1, scale, 0.f));
-    }
-  }
-  return Status::success();
+  Mat pk;
+  if (p.prev > 0) pk = head_mat(op.prev_k, b, h);
+  return window_products<T>(st, p, k, q, p.prev > 0 ? &pk : nullptr, p.dk, scale, c0, c1, S, cs);
 }
-
 template <class T>
 constexpr i64 t_per_float() {
   return static_cast<i64>(sizeof(float) / sizeof(T));
@@ -287,7 +347,6 @@ Status forward(linear::cuda::Context& ctx, const ForwardArgs<T>& a, void* worksp
   char* ws = static_cast<char*>(workspace);
   gemm_detail::Operands<T> op;
   GECKO_RETURN_IF_ERROR(gemm_detail::prepare_operands(a, p, pl, ws, stream, op));
-  constexpr cudaDataType_t ty = linear::cuda::cuda_data_type<T>();
   const gemm_detail::Step st{&ctx, ws + pl.gemm, stream};
   float* S = reinterpret_cast<float*>(ws + pl.s);
   const kernels::i64 C = p.chunk, cs = pl.chunk_stride, tpf = gemm_detail::t_per_float<T>();
@@ -313,19 +372,10 @@ Status forward(linear::cuda::Context& ctx, const ForwardArgs<T>& a, void* worksp
             <<<dim3(static_cast<unsigned>(C), static_cast<unsigned>(c1 - c0)), kernels::kRowThreads, 0, stream>>>(r);
         GECKO_RETURN_IF_ERROR(last_launch_status("sliding_chunk_attention chunk softmax"));
         // O_c = P Vw_c: column-major O^T (dv x C) = V^T (dv x 2C) P^T (2C x C).
-        const int first = std::max(c0, 1);
-        GECKO_RETURN_IF_ERROR(st.run(ty, ty, false, false, p.dv, C, 2 * C, gemm_detail::rows_at<T>(v, (first - 1) * C),
-                                     v.ld, C * v.ld, Pm + (first - c0) * csp, ldp, csp, out + first * C * ldo, ldo,
-                                     C * ldo, c1 - first, 1.f, 0.f));
-        if (c0 == 0) {
-          GECKO_RETURN_IF_ERROR(
-              st.run(ty, ty, false, false, p.dv, C, C, v.p, v.ld, 0, Pm + C, ldp, 0, out, ldo, 0, 1, 1.f, 0.f));
-          if (p.prev > 0) {
-            const gemm_detail::Mat pv = gemm_detail::head_mat(a.prev_v, b, h);
-            GECKO_RETURN_IF_ERROR(
-                st.run(ty, ty, false, false, p.dv, C, C, pv.p, pv.ld, 0, Pm, ldp, 0, out, ldo, 0, 1, 1.f, 1.f));
-          }
-        }
+        gemm_detail::Mat pv;
+        if (p.prev > 0) pv = gemm_detail::head_mat(a.prev_v, b, h);
+        GECKO_RETURN_IF_ERROR(gemm_detail::window_apply<T>(st, p, v, p.prev > 0 ? &pv : nullptr, p.dv, Pm, ldp, csp,
+                                                           1.f, c0, c1, out, ldo));
       }
     }
   }
@@ -419,19 +469,13 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
         const int first = std::max(c0, 1), nf = c1 - first;
         GECKO_RETURN_IF_ERROR(gemm_detail::logits(st, op, p, a.scale, b, h, c0, c1, S, cs));
         // dP = dO_c Vw_c^T: column-major dP^T (2C x C) = V (op T of dv x 2C) dO^T (dv x C).
-        GECKO_RETURN_IF_ERROR(st.run(ty, CUDA_R_32F, true, false, 2 * C, C, p.dv,
-                                     gemm_detail::rows_at<T>(v, (first - 1) * C), v.ld, C * v.ld,
-                                     gemm_detail::rows_at<T>(dO, first * C), dO.ld, C * dO.ld, dP + (first - c0) * cs,
-                                     2 * C, cs, nf, 1.f, 0.f));
-        if (c0 == 0) {
-          GECKO_RETURN_IF_ERROR(
-              st.run(ty, CUDA_R_32F, true, false, C, C, p.dv, v.p, v.ld, 0, dO.p, dO.ld, 0, dP + C, 2 * C, 0, 1, 1.f, 0.f));
-          if (p.prev > 0) {
-            const gemm_detail::Mat pv = gemm_detail::head_mat(a.prev_v, b, h);
-            GECKO_RETURN_IF_ERROR(
-                st.run(ty, CUDA_R_32F, true, false, C, C, p.dv, pv.p, pv.ld, 0, dO.p, dO.ld, 0, dP, 2 * C, 0, 1, 1.f, 0.f));
-          }
+        gemm_detail::Mat pv, pk;
+        if (p.prev > 0) {
+          pv = gemm_detail::head_mat(a.prev_v, b, h);
+          pk = gemm_detail::head_mat(a.prev_k, b, h);
         }
+        GECKO_RETURN_IF_ERROR(gemm_detail::window_products<T>(st, p, v, dO, p.prev > 0 ? &pv : nullptr, p.dv, 1.f, c0,
+                                                              c1, dP, cs));
         kernels::ChunkRows r = gemm_detail::chunk_rows(a, p, S, cs, c0, static_cast<int>(b), static_cast<int>(h));
         r.lse_in = lse;
         r.lse_sb = lse_sb;
@@ -444,24 +488,13 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
         GECKO_RETURN_IF_ERROR(last_launch_status("sliding_chunk_attention chunk softmax gradient"));
 
         // dQ_c = scale dS Kw_c: column-major dQ^T (dk x C) = K^T (dk x 2C) dS^T (2C x C).
-        GECKO_RETURN_IF_ERROR(st.run(ty, ty, false, false, p.dk, C, 2 * C, gemm_detail::rows_at<T>(km, (first - 1) * C),
-                                     km.ld, C * km.ld, dS + (first - c0) * csp, ldp, csp, dq + first * C * lddq, lddq,
-                                     C * lddq, nf, a.scale, 0.f));
-        if (c0 == 0) {
-          GECKO_RETURN_IF_ERROR(
-              st.run(ty, ty, false, false, p.dk, C, C, km.p, km.ld, 0, dS + C, ldp, 0, dq, lddq, 0, 1, a.scale, 0.f));
-          if (p.prev > 0) {
-            const gemm_detail::Mat pk = gemm_detail::head_mat(a.prev_k, b, h);
-            GECKO_RETURN_IF_ERROR(
-                st.run(ty, ty, false, false, p.dk, C, C, pk.p, pk.ld, 0, dS, ldp, 0, dq, lddq, 0, 1, a.scale, 1.f));
-          }
-        }
+        GECKO_RETURN_IF_ERROR(gemm_detail::window_apply<T>(st, p, km, p.prev > 0 ? &pk : nullptr, p.dk, dS, ldp, csp,
+                                                           a.scale, c0, c1, dq, lddq));
         // Key chunk c's own part: dK_c = scale dS[:, C:]^T Q_c, dV_c = P[:, C:]^T dO_c
         // (column-major dK^T (dk x C) = Q^T (dk x C) (dS^T rows C..2C)^T).
-        GECKO_RETURN_IF_ERROR(st.run(ty, ty, false, true, p.dk, C, C, gemm_detail::rows_at<T>(qm, c0 * C), qm.ld,
-                                     C * qm.ld, dS + C, ldp, csp, dk + c0 * C * lddk, lddk, C * lddk, n, a.scale, 0.f));
-        GECKO_RETURN_IF_ERROR(st.run(ty, ty, false, true, p.dv, C, C, gemm_detail::rows_at<T>(dO, c0 * C), dO.ld,
-                                     C * dO.ld, Pm + C, ldp, csp, dv + c0 * C * lddv, lddv, C * lddv, n, 1.f, 0.f));
+        GECKO_RETURN_IF_ERROR(gemm_detail::own_keys<T>(st, p, qm, p.dk, dS, ldp, csp, a.scale, 0.f, c0, n, dk, lddk));
+        GECKO_RETURN_IF_ERROR(gemm_detail::own_keys<T>(st, p, dO, p.dv, Pm, ldp, csp, 1.f, a.accumulate_dv ? 1.f : 0.f,
+                                                       c0, n, dv, lddv));
         // The previous key chunk's part, seen by chunk c >= 1, accumulated in chunk order.
         GECKO_RETURN_IF_ERROR(st.run(ty, ty, false, true, p.dk, C, C, gemm_detail::rows_at<T>(qm, first * C), qm.ld,
                                      C * qm.ld, dS + (first - c0) * csp, ldp, csp, dk + (first - 1) * C * lddk, lddk,

@@ -180,7 +180,8 @@ Status backward(const BackwardArgs<T>& a) {
           a.dq(b, r, h, c) = from_double<T>(gq[r * dk + c]);
           a.dk(b, r, h, c) = from_double<T>(gk[(P + r) * dk + c]);
         }
-        for (std::int64_t c = 0; c < dv; ++c) a.dv(b, r, h, c) = from_double<T>(gv[(P + r) * dv + c]);
+        for (std::int64_t c = 0; c < dv; ++c)
+          a.dv(b, r, h, c) = from_double<T>(gv[(P + r) * dv + c] + (a.accumulate_dv ? to_double(a.dv(b, r, h, c)) : 0.0));
       }
       for (std::int64_t j = 0; j < P; ++j) {
         if (!a.dprev_k.empty())

@@ -1,0 +1,264 @@
+// Adaptive working memory with its large per-chunk products on cuBLASLt: the entry points that take
+// a linear::cuda::Context (forward / backward / *_workspace_size overloads below).
+//
+// Why. At the 7B shapes (dk = 256, dv = 2048, C = 2048) almost all of the op's FLOPs are in
+// products of plain shape: W = κᵀV, the readout O = Q̂M, E = Q̂ᵀdO and dv = κ gU (each 2 dk dv C per
+// chunk). The engine of kernel_gemm_tc.cuh (mma.sync) runs them at ~140 TFLOP/s on an H100;
+// cuBLASLt's strided-batch GEMMs run them several times faster. Everything else (features, the
+// statistics, the scans, and the products whose epilogues are fused into the engine: G's hi/lo
+// split, Y, daq, dak) is unchanged, so results differ from launch.cuh's only in the summation
+// order of those products.
+//
+// CublasExec is the executor of launch.cuh's steps with `gemm` redirected: a problem with one
+// segment, a plain store epilogue and no run-time zero flags runs per (b, h) as one strided-batch
+// GEMM over its chunks (chunks whose operand or output is the carried chunk, and chunks with a
+// zero product, are handled one by one); any other problem goes to the engine as before.
+// fp32 keeps the engine throughout (its scan reads an fp32 G).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "gecko/ops/linear/context.hpp"
+#include "gecko/ops/linear/launch.cuh"  // cuda_data_type<T>, detail::check_workspace
+#include "gecko/ops/working_memory/kernel_row_epilogue.cuh"
+#include "gecko/ops/working_memory/launch.cuh"
+
+namespace gecko::working_memory::cuda {
+
+namespace detail {
+
+struct CublasExec : CudaExec {
+  linear::cuda::Context* ctx = nullptr;
+  void* gemm_ws = nullptr;     // ctx->gemm_workspace_bytes(), 256-byte aligned
+  float* acc0 = nullptr;       // backward: two fp32 [chunks, C, dk] accumulator sets for daq / dak
+  float* acc1 = nullptr;
+  std::int64_t acc_chunks = 0;  // chunks each set holds per (b, h)
+
+  template <class T, bool AR, bool BR, int EPI>
+  Status gemm(kernels::GemmParams& gp, const char* what) const {
+    constexpr bool plain = EPI == kernels::kStoreT || EPI == kernels::kStoreF32;
+    constexpr bool row_epi = EPI == kernels::kDaq || EPI == kernels::kDak;
+    if constexpr (!kTensorCores<T> || !(plain || row_epi)) {
+      return CudaExec::gemm<T, AR, BR, EPI>(gp, what);
+    } else {
+      kernels::GemmParams rest = gp;
+      rest.nprob = 0;
+      for (int i = 0; i < gp.nprob; ++i) {
+        const kernels::GemmProblem& q = gp.prob[i];
+        const bool ours = !q.zflag && q.epi.mode == EPI &&
+                          (plain ? q.nseg == 1 : acc0 && q.nb <= acc_chunks && q.N <= 256);
+        if (!ours) {
+          rest.prob[rest.nprob++] = q;
+          continue;
+        }
+        if constexpr (plain) {
+          using Out = std::conditional_t<EPI == kernels::kStoreT, T, float>;
+          GECKO_RETURN_IF_ERROR((products<T, AR, BR, Out>(gp, q, q.seg[0], q.epi.out, 0.f, true)));
+        } else {
+          GECKO_RETURN_IF_ERROR((row_epilogue<T, AR, BR, EPI>(gp, q)));
+        }
+      }
+      if (rest.nprob == 0) return Status::success();
+      return CudaExec::gemm<T, AR, BR, EPI>(rest, what);
+    }
+  }
+
+ private:
+  // out (per chunk, M x N) [+]= A B over segment s for every chunk of q: row-major A[M, K] stored
+  // [M][K] (AR) or [K][M], B[K, N] stored [K][N] (BR) or [N][K]; as column-major cuBLASLt sees it,
+  // outᵀ (N x M) = Bᵀ Aᵀ. Chunks below q.zero_below get zeros (zero_fill) or nothing; chunks whose
+  // operand or output index is negative (the carried chunk) run one by one, the rest as one
+  // strided batch per (b, h).
+  template <class T, bool AR, bool BR, class Out>
+  Status products(const kernels::GemmParams& gp, const kernels::GemmProblem& q, const kernels::Segment& s,
+                  const kernels::MatAlt& out, float beta, bool zero_fill) const {
+    int regular = 0;
+    for (const kernels::MatAlt* m : {&s.a, &s.b, &out}) regular = std::max(regular, -m->off);
+    const int zero_end = std::min(q.zero_below, q.nb);
+    for (int b = 0; b < gp.B; ++b)
+      for (int h = 0; h < gp.H; ++h) {
+        for (int c = 0; zero_fill && c < zero_end; ++c) {
+          std::int64_t ld = 0;
+          Out* o = kernels::mat_at<Out>(out, b, h, c, ld);
+          GECKO_CUDA_RETURN(cudaMemset2DAsync(o, static_cast<std::size_t>(ld) * sizeof(Out), 0,
+                                              static_cast<std::size_t>(q.N) * sizeof(Out), q.M, stream));
+        }
+        const int c_one = std::max(zero_end, 0), c_batch = std::max(zero_end, regular);
+        for (int c = c_one; c < std::min(regular, q.nb); ++c)
+          GECKO_RETURN_IF_ERROR((run<T, AR, BR, Out>(q, s, out, beta, b, h, c, 1)));
+        if (c_batch < q.nb)
+          GECKO_RETURN_IF_ERROR((run<T, AR, BR, Out>(q, s, out, beta, b, h, c_batch, q.nb - c_batch)));
+      }
+    return Status::success();
+  }
+
+  template <class T, bool AR, bool BR, class Out>
+  Status run(const kernels::GemmProblem& q, const kernels::Segment& s, const kernels::MatAlt& out, float beta, int b,
+             int h, int c, int count) const {
+    std::int64_t lda = 0, ldb = 0, ldo = 0;
+    const T* A = kernels::mat_at<T>(s.a, b, h, c, lda);
+    const T* Bm = kernels::mat_at<T>(s.b, b, h, c, ldb);
+    Out* O = kernels::mat_at<Out>(out, b, h, c, ldo);
+    linear::cuda::Gemm g;
+    g.ab_type = linear::cuda::cuda_data_type<T>();
+    g.cd_type = linear::cuda::cuda_data_type<Out>();
+    g.m = q.N;
+    g.n = q.M;
+    g.k = s.k;
+    g.a = Bm;
+    g.lda = ldb;
+    g.trans_a = !BR;
+    g.b = A;
+    g.ldb = lda;
+    g.trans_b = !AR;
+    g.d = O;
+    g.ldd = ldo;
+    g.beta = beta;
+    g.batch = count;
+    if (count > 1) {  // regular chunks only: the chunk strides of the main matrices
+      g.stride_a = s.b.m.sc;
+      g.stride_b = s.a.m.sc;
+      g.stride_d = out.m.sc;
+    }
+    return ctx->matmul(g, gemm_ws, stream);
+  }
+
+  // daq / dak: the products into fp32 accumulators (acc0, acc1), then the row epilogue kernel.
+  template <class T, bool AR, bool BR, int EPI>
+  Status row_epilogue(const kernels::GemmParams& gp, const kernels::GemmProblem& q) const {
+    const kernels::MatAlt x0 = alt(ws_mat(acc0, gp.H, acc_chunks, q.M, q.N));
+    const kernels::MatAlt x1 = alt(ws_mat(acc1, gp.H, acc_chunks, q.M, q.N));
+    kernels::RowEpiParams rp;
+    rp.B = gp.B;
+    rp.H = gp.H;
+    rp.nb = q.nb;
+    rp.rows = q.M;
+    rp.dk = q.N;
+    rp.x0 = x0.m;
+    rp.x1 = x1.m;
+    rp.out = q.epi.out;
+    if constexpr (EPI == kernels::kDaq) {
+      GECKO_RETURN_IF_ERROR((products<T, AR, BR, float>(gp, q, q.seg[0], x0, 0.f, false)));
+      rp.zero_below = q.zero_below;
+      rp.f1 = q.epi.f1;
+    } else {  // x0 = first segment; x1 = the others, accumulated
+      if (q.nseg < 2) return internal_error("working memory: the dak product has two or more segments");
+      GECKO_RETURN_IF_ERROR((products<T, AR, BR, float>(gp, q, q.seg[0], x0, 0.f, false)));
+      for (int i = 1; i < q.nseg; ++i)
+        GECKO_RETURN_IF_ERROR((products<T, AR, BR, float>(gp, q, q.seg[i], x1, i == 1 ? 0.f : 1.f, false)));
+      rp.f1 = q.epi.f1;
+      rp.f2 = q.epi.f2;
+      rp.v1 = q.epi.v1;
+      rp.v2 = q.epi.v2;
+    }
+    const std::int64_t rows = static_cast<std::int64_t>(gp.B) * gp.H * q.nb * q.M;
+    if (rows == 0) return Status::success();
+    constexpr int mode = EPI == kernels::kDaq ? kernels::kRowDaq : kernels::kRowDak;
+    kernels::row_epilogue_kernel<T, mode>
+        <<<static_cast<unsigned>((rows + 7) / 8), kernels::kThreads, 0, stream>>>(rp);
+    return last_launch_status(EPI == kernels::kDaq ? "working_memory daq epilogue" : "working_memory dak epilogue");
+  }
+};
+
+inline std::size_t round_up_256(std::size_t b) { return (b + 255) / 256 * 256; }
+
+// The Context path's workspace: launch.cuh's plan, then (backward, 16-bit T) the two fp32
+// accumulator sets of daq / dak, then the GEMM workspace.
+struct CublasLayout {
+  std::size_t own = 0, acc0 = 0, acc1 = 0, gemm = 0, total = 0;
+  std::int64_t acc_chunks = 0;
+};
+
+template <class T>
+CublasLayout cublas_layout(const linear::cuda::Context& ctx, const Problem& p, bool backward) {
+  const Plan pl = make_plan<T>(p, backward);
+  CublasLayout l;
+  l.own = pl.bytes;
+  std::size_t off = round_up_256(pl.bytes);
+  if (backward && kTensorCores<T>) {
+    l.acc_chunks = std::max(pl.n, pl.nabs);
+    const std::size_t set = static_cast<std::size_t>(p.batch * p.heads * l.acc_chunks * p.chunk * p.dk) * sizeof(float);
+    l.acc0 = off;
+    off = round_up_256(off + set);
+    l.acc1 = off;
+    off = round_up_256(off + set);
+  }
+  l.gemm = off;
+  l.total = off + ctx.gemm_workspace_bytes();
+  return l;
+}
+
+template <class T, class A>
+Status cublas_plan(const linear::cuda::Context& ctx, const A& a, bool backward, CublasLayout& l) {
+  Problem p;
+  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  GECKO_RETURN_IF_ERROR(check_supported(a, p));
+  l = cublas_layout<T>(ctx, p, backward);
+  return Status::success();
+}
+
+inline CublasExec make_exec(linear::cuda::Context& ctx, const CublasLayout& l, void* workspace, cudaStream_t stream) {
+  char* ws = static_cast<char*>(workspace);
+  CublasExec ex;
+  ex.stream = stream;
+  ex.ctx = &ctx;
+  ex.gemm_ws = ws + l.gemm;
+  if (l.acc_chunks > 0) {
+    ex.acc0 = reinterpret_cast<float*>(ws + l.acc0);
+    ex.acc1 = reinterpret_cast<float*>(ws + l.acc1);
+    ex.acc_chunks = l.acc_chunks;
+  }
+  return ex;
+}
+
+}  // namespace detail
+
+// Bytes of workspace the Context-taking forward() / backward() need.
+template <class T>
+Status forward_workspace_size(const linear::cuda::Context& ctx, const ForwardArgs<T>& a, std::size_t& bytes) {
+  detail::CublasLayout l;
+  GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, false, l));
+  bytes = l.total;
+  return Status::success();
+}
+
+template <class T>
+Status backward_workspace_size(const linear::cuda::Context& ctx, const BackwardArgs<T>& a, std::size_t& bytes) {
+  detail::CublasLayout l;
+  GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, true, l));
+  bytes = l.total;
+  return Status::success();
+}
+
+// As forward(a, ...) of launch.cuh, with the large products on cuBLASLt.
+template <class T>
+Status forward(linear::cuda::Context& ctx, const ForwardArgs<T>& a, void* workspace, std::size_t workspace_bytes,
+               cudaStream_t stream) {
+  static_assert(!std::is_same_v<T, double>, "the CUDA working memory takes float, half or bfloat16");
+  GECKO_RETURN_IF_ERROR(detail::check_device<T>());
+  GECKO_RETURN_IF_ERROR(ctx.check_ready());
+  detail::CublasLayout l;
+  GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, false, l));
+  GECKO_RETURN_IF_ERROR(
+      linear::cuda::detail::check_workspace(workspace, workspace_bytes, l.total, "working memory forward"));
+  return detail::run_forward<T>(a, workspace, l.own, detail::make_exec(ctx, l, workspace, stream));
+}
+
+// As backward(a, ...) of launch.cuh, with the large products on cuBLASLt.
+template <class T>
+Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* workspace, std::size_t workspace_bytes,
+                cudaStream_t stream) {
+  static_assert(!std::is_same_v<T, double>, "the CUDA working memory takes float, half or bfloat16");
+  GECKO_RETURN_IF_ERROR(detail::check_device<T>());
+  GECKO_RETURN_IF_ERROR(ctx.check_ready());
+  detail::CublasLayout l;
+  GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, true, l));
+  GECKO_RETURN_IF_ERROR(
+      linear::cuda::detail::check_workspace(workspace, workspace_bytes, l.total, "working memory backward"));
+  return detail::run_backward<T>(a, workspace, l.own, detail::make_exec(ctx, l, workspace, stream));
+}
+
+}  // namespace gecko::working_memory::cuda
