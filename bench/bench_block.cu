@@ -99,6 +99,8 @@ void BM_block(benchmark::State& state, bool backward, bool measured) {
   state.counters["activation_GiB"] = plan.activation_bytes / 1073741824.0;
   state.counters["workspace_GiB"] = plan.workspace_bytes / 1073741824.0;
   state.counters["params+grads_GiB"] = m.param_bytes / 1073741824.0;
+  state.counters["measured_gemm_plans"] = static_cast<double>(m.ctx.measured_plans());
+  state.counters["max_measured_gain"] = m.ctx.best_measured_gain();
   static const std::map<std::int64_t, std::pair<double, double>> authors = {
       {4096, {7.07, 23.09}}, {16384, {28.81, 92.76}}, {32768, {60.15, 186.89}}};
   auto it = authors.find(L);

@@ -5,12 +5,13 @@
 // forward has three C x dk x dv products (Q̂M, K̂M, κ VV), the backward six (the two gradients of
 // each), so forward = 3, backward = 6, forward + backward = 9 units of 2 C dk dv FLOPs. The bf16
 // GEMM ceiling in the same binary is BM_gemm_bf16. At L = 16384, authors_ms and speedup compare with
-// the authors' kernels (2.09 ms forward, 14.47 ms forward + backward).
+// the authors' kernels (2.09 ms forward, 14.47 ms forward + backward). The *_cublaslt rows run the
+// Context-taking launchers (launch_cublas.cuh: the large products on cuBLASLt), as the block does.
 #include <map>
 #include <string>
 
 #include "bench_common.cuh"
-#include "gecko/ops/working_memory/launch.cuh"
+#include "gecko/ops/working_memory/launch_cublas.cuh"
 
 namespace gecko::bench {
 namespace {
@@ -29,7 +30,16 @@ void fill(DeviceBuffer<__nv_bfloat16>& b, std::size_t n, std::uint32_t seed, flo
   b.upload(h);
 }
 
-void BM_working_memory(benchmark::State& state, Pass pass) {
+linear::cuda::Context& gemm_context() {
+  static linear::cuda::Context* ctx = [] {
+    auto* c = new linear::cuda::Context();
+    throw_if_error(c->init());
+    return c;
+  }();
+  return *ctx;
+}
+
+void BM_working_memory(benchmark::State& state, Pass pass, bool cublaslt) {
   using T = __nv_bfloat16;
   add_device_context();
   const std::int64_t B = 1, H = 4, dk = 256, dv = 2048, C = 2048, L = state.range(0);
@@ -59,8 +69,14 @@ void BM_working_memory(benchmark::State& state, Pass pass) {
   g.dak = dak.view({B, L, H, dk});
   g.dv = dvv.view({B, L, H, dv});
   std::size_t fbytes = 0, bbytes = 0;
-  throw_if_error(working_memory::cuda::forward_workspace_size(f, fbytes));
-  throw_if_error(working_memory::cuda::backward_workspace_size(g, bbytes));
+  linear::cuda::Context* ctx = cublaslt ? &gemm_context() : nullptr;
+  if (ctx) {
+    throw_if_error(working_memory::cuda::forward_workspace_size(*ctx, f, fbytes));
+    throw_if_error(working_memory::cuda::backward_workspace_size(*ctx, g, bbytes));
+  } else {
+    throw_if_error(working_memory::cuda::forward_workspace_size(f, fbytes));
+    throw_if_error(working_memory::cuda::backward_workspace_size(g, bbytes));
+  }
   DeviceBuffer<char> ws(std::max(fbytes, bbytes));
   state.counters["workspace_MiB"] = static_cast<double>(std::max(fbytes, bbytes)) / (1 << 20);
 
@@ -69,8 +85,12 @@ void BM_working_memory(benchmark::State& state, Pass pass) {
   run_timed(
       state,
       [&](int) {
-        if (pass != Pass::kBackward) throw_if_error(working_memory::cuda::forward(f, ws.data(), ws.size(), nullptr));
-        if (pass != Pass::kForward) throw_if_error(working_memory::cuda::backward(g, ws.data(), ws.size(), nullptr));
+        if (pass != Pass::kBackward)
+          throw_if_error(ctx ? working_memory::cuda::forward(*ctx, f, ws.data(), ws.size(), nullptr)
+                             : working_memory::cuda::forward(f, ws.data(), ws.size(), nullptr));
+        if (pass != Pass::kForward)
+          throw_if_error(ctx ? working_memory::cuda::backward(*ctx, g, ws.data(), ws.size(), nullptr)
+                             : working_memory::cuda::backward(g, ws.data(), ws.size(), nullptr));
       },
       1, {0, units * unit});
   if (L == 16384 && pass != Pass::kBackward) {
@@ -182,14 +202,18 @@ const bool registered = [] {
   struct Row {
     const char* name;
     Pass pass;
+    bool cublaslt;
   };
   const Row rows[] = {
-      {"working_memory/fwd_bf16", Pass::kForward},
-      {"working_memory/bwd_bf16", Pass::kBackward},
-      {"working_memory/fwd_bwd_bf16", Pass::kBoth},
+      {"working_memory/fwd_bf16", Pass::kForward, false},
+      {"working_memory/bwd_bf16", Pass::kBackward, false},
+      {"working_memory/fwd_bwd_bf16", Pass::kBoth, false},
+      {"working_memory/fwd_bf16_cublaslt", Pass::kForward, true},
+      {"working_memory/bwd_bf16_cublaslt", Pass::kBackward, true},
+      {"working_memory/fwd_bwd_bf16_cublaslt", Pass::kBoth, true},
   };
   for (const Row& r : rows) {
-    benchmark::RegisterBenchmark(r.name, &BM_working_memory, r.pass)
+    benchmark::RegisterBenchmark(r.name, &BM_working_memory, r.pass, r.cublaslt)
         ->Arg(4096)
         ->Arg(16384)
         ->Arg(65536)

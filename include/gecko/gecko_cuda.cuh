@@ -14,4 +14,4 @@
 #include "gecko/ops/sliding_chunk_attention/launch_gemm.cuh"
 #include "gecko/ops/swiglu/launch.cuh"
 #include "gecko/ops/timestep_norm/launch.cuh"
-#include "gecko/ops/working_memory/launch.cuh"
+#include "gecko/ops/working_memory/launch_cublas.cuh"

@@ -34,7 +34,7 @@
 #include "gecko/ops/sliding_chunk_attention/launch_gemm.cuh"
 #include "gecko/ops/swiglu/launch.cuh"
 #include "gecko/ops/timestep_norm/launch.cuh"
-#include "gecko/ops/working_memory/launch.cuh"
+#include "gecko/ops/working_memory/launch_cublas.cuh"
 
 namespace gecko::layers::cuda {
 
@@ -308,8 +308,8 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
     wm.log_norm_out = so->log_norm;
   }
   GECKO_RETURN_IF_ERROR(stage(
-      ws, [&](std::size_t& b) { return working_memory::cuda::forward_workspace_size(wm, b); },
-      [&](void* p, std::size_t b) { return working_memory::cuda::forward(wm, p, b, st); }));
+      ws, [&](std::size_t& b) { return working_memory::cuda::forward_workspace_size(ctx, wm, b); },
+      [&](void* p, std::size_t b) { return working_memory::cuda::forward(ctx, wm, p, b, st); }));
   gated_combine::ForwardArgs<T> gc;
   gc.silu_r = true;
   gc.sca = TensorView<const T>::device(s.o_sca, {R, d.E});
@@ -435,8 +435,8 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
   wb.dak = blh(gdak, B, L, d.H, d.dz);
   wb.dv = blh(gF3, B, L, d.H, d.dv);
   GECKO_RETURN_IF_ERROR(stage(
-      ws, [&](std::size_t& b) { return working_memory::cuda::backward_workspace_size(wb, b); },
-      [&](void* p, std::size_t b) { return working_memory::cuda::backward(wb, p, b, st); }));
+      ws, [&](std::size_t& b) { return working_memory::cuda::backward_workspace_size(ctx, wb, b); },
+      [&](void* p, std::size_t b) { return working_memory::cuda::backward(ctx, wb, p, b, st); }));
   // Sliding chunk attention backward: dq, dk, and dv added to the working memory's (gF3).
   sliding_chunk_attention::BackwardArgs<T> sb2;
   sb2.chunk = d.C;
