@@ -102,27 +102,34 @@ linear::cuda::Context& gemm_context() {
 }
 
 // The launchers under test: launch.cuh's (ctx null) or launch_cublas.cuh's.
+// (with a Saved when `sv` is given: the forward keeps its front, the backward reads it)
 template <class T>
-Status wm_forward_size(linear::cuda::Context* ctx, const working_memory::ForwardArgs<T>& a, std::size_t& b) {
-  return ctx ? working_memory::cuda::forward_workspace_size(*ctx, a, b) : working_memory::cuda::forward_workspace_size(a, b);
+Status wm_forward_size(linear::cuda::Context* ctx, const working_memory::ForwardArgs<T>& a, std::size_t& b, bool sv) {
+  return ctx ? working_memory::cuda::forward_workspace_size(*ctx, a, b, sv)
+             : working_memory::cuda::forward_workspace_size(a, b, sv);
 }
 template <class T>
-Status wm_backward_size(linear::cuda::Context* ctx, const working_memory::BackwardArgs<T>& a, std::size_t& b) {
-  return ctx ? working_memory::cuda::backward_workspace_size(*ctx, a, b)
-             : working_memory::cuda::backward_workspace_size(a, b);
+Status wm_backward_size(linear::cuda::Context* ctx, const working_memory::BackwardArgs<T>& a, std::size_t& b, bool sv) {
+  return ctx ? working_memory::cuda::backward_workspace_size(*ctx, a, b, sv)
+             : working_memory::cuda::backward_workspace_size(a, b, sv);
 }
 template <class T>
-Status wm_forward(linear::cuda::Context* ctx, const working_memory::ForwardArgs<T>& a, void* ws, std::size_t b) {
-  return ctx ? working_memory::cuda::forward(*ctx, a, ws, b, nullptr) : working_memory::cuda::forward(a, ws, b, nullptr);
+Status wm_forward(linear::cuda::Context* ctx, const working_memory::ForwardArgs<T>& a, void* ws, std::size_t b,
+                  const working_memory::cuda::Saved* sv) {
+  return ctx ? working_memory::cuda::forward(*ctx, a, ws, b, nullptr, sv)
+             : working_memory::cuda::forward(a, ws, b, nullptr, sv);
 }
 template <class T>
-Status wm_backward(linear::cuda::Context* ctx, const working_memory::BackwardArgs<T>& a, void* ws, std::size_t b) {
-  return ctx ? working_memory::cuda::backward(*ctx, a, ws, b, nullptr)
-             : working_memory::cuda::backward(a, ws, b, nullptr);
+Status wm_backward(linear::cuda::Context* ctx, const working_memory::BackwardArgs<T>& a, void* ws, std::size_t b,
+                   const working_memory::cuda::Saved* sv) {
+  return ctx ? working_memory::cuda::backward(*ctx, a, ws, b, nullptr, sv)
+             : working_memory::cuda::backward(a, ws, b, nullptr, sv);
 }
 
+// save_front: the forward keeps its front in a Saved region the backward reads (full path only).
 template <class T>
-void run_case(const Shape& s, std::uint64_t seed, bool determinism = false, linear::cuda::Context* ctx = nullptr) {
+void run_case(const Shape& s, std::uint64_t seed, bool determinism = false, linear::cuda::Context* ctx = nullptr,
+              bool save_front = false) {
   const std::int64_t B = s.B, L = s.L, H = s.H, dk = s.dk, dv = s.dv, C = s.C;
   const bool tail = L < C;
   const std::int64_t P = tail ? std::max<std::int64_t>(s.P, 0) : (s.state ? C : 0);
@@ -130,7 +137,8 @@ void run_case(const Shape& s, std::uint64_t seed, bool determinism = false, line
   std::ostringstream lab;
   lab << test::type_label<T>() << " B" << B << " L" << L << " H" << H << " dk" << dk << " dv" << dv << " C" << C
       << (s.state ? " state" : "") << (s.seg ? " docs" : "") << (tail ? " P" + std::to_string(P) : std::string())
-      << (s.inplace ? " in-place" : "") << (s.packed_qk ? " strided" : "") << (ctx ? " cublaslt" : "");
+      << (s.inplace ? " in-place" : "") << (s.packed_qk ? " strided" : "") << (ctx ? " cublaslt" : "")
+      << (save_front && L >= C ? " saved" : "");
   const std::string label = lab.str();
   CAPTURE(label);
 
@@ -227,11 +235,21 @@ void run_case(const Shape& s, std::uint64_t seed, bool determinism = false, line
   const bool inplace = s.inplace && s.state;
   f.memory_out = inplace ? mem_d.view({B, H, dk, dv}) : mo_d.view({B, H, dk, dv});
   f.log_norm_out = inplace ? ln_d.view({B, H, dk}) : lo_d.view({B, H, dk});
+  const bool sv = save_front && !tail;
+  working_memory::cuda::Saved saved;
+  DeviceBuffer<char> saved_d;
+  if (sv) {
+    const Status ss = working_memory::cuda::saved_bytes(f, saved.bytes);
+    REQUIRE_MESSAGE(ss.ok(), ss.to_string());
+    saved_d = DeviceBuffer<char>(saved.bytes);
+    saved.data = saved_d.data();
+  }
+  const working_memory::cuda::Saved* svp = sv ? &saved : nullptr;
   std::size_t fbytes = 0;
-  const Status fsize = wm_forward_size(ctx, f, fbytes);
+  const Status fsize = wm_forward_size(ctx, f, fbytes, sv);
   REQUIRE_MESSAGE(fsize.ok(), fsize.to_string());
   DeviceBuffer<char> fws(fbytes);
-  const Status fst = wm_forward(ctx, f, fws.data(), fbytes);
+  const Status fst = wm_forward(ctx, f, fws.data(), fbytes, svp);
   REQUIRE_MESSAGE(fst.ok(), fst.to_string());
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   const auto out = out_d.download();
@@ -311,10 +329,10 @@ void run_case(const Shape& s, std::uint64_t seed, bool determinism = false, line
     g.dprev_v = dpv_d.view({B, C, H, dv});
   }
   std::size_t bbytes = 0;
-  const Status bsize = wm_backward_size(ctx, g, bbytes);
+  const Status bsize = wm_backward_size(ctx, g, bbytes, sv);
   REQUIRE_MESSAGE(bsize.ok(), bsize.to_string());
   DeviceBuffer<char> bws(bbytes);
-  const Status bst = wm_backward(ctx, g, bws.data(), bbytes);
+  const Status bst = wm_backward(ctx, g, bws.data(), bbytes, svp);
   REQUIRE_MESSAGE(bst.ok(), bst.to_string());
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   const auto daq = daq_d.download(), dak = dak_d.download(), dvv = dv_d.download();
@@ -329,8 +347,8 @@ void run_case(const Shape& s, std::uint64_t seed, bool determinism = false, line
   }
 
   if (determinism) {  // bitwise: no atomics, fixed reduction orders
-    REQUIRE(wm_forward(ctx, f, fws.data(), fbytes).ok());
-    REQUIRE(wm_backward(ctx, g, bws.data(), bbytes).ok());
+    REQUIRE(wm_forward(ctx, f, fws.data(), fbytes, svp).ok());
+    REQUIRE(wm_backward(ctx, g, bws.data(), bbytes, svp).ok());
     REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
     CHECK(std::memcmp(out.data(), out_d.download().data(), nv * sizeof(T)) == 0);
     CHECK(std::memcmp(daq.data(), daq_d.download().data(), nq * sizeof(T)) == 0);
@@ -338,14 +356,14 @@ void run_case(const Shape& s, std::uint64_t seed, bool determinism = false, line
     CHECK(std::memcmp(dvv.data(), dv_d.download().data(), nv * sizeof(T)) == 0);
     if (s.state) {
       const auto dm1 = dm_d.download();
-      REQUIRE(wm_backward(ctx, g, bws.data(), bbytes).ok());
+      REQUIRE(wm_backward(ctx, g, bws.data(), bbytes, svp).ok());
       CHECK(std::memcmp(dm1.data(), dm_d.download().data(), dm1.size() * sizeof(float)) == 0);
     }
   }
 }
 
 template <class T>
-void full_suite(linear::cuda::Context* ctx = nullptr) {
+void full_suite(linear::cuda::Context* ctx = nullptr, bool save_front = false) {
   std::uint64_t seed = 500;
   const Shape shapes[] = {
       {3, 256, 2, 64, 128, 64, true, true},                 // carried state, documents, resets, masks
@@ -356,7 +374,7 @@ void full_suite(linear::cuda::Context* ctx = nullptr) {
       {2, 448, 1, 192, 128, 64, true, true, -1, false, true},  // 7 chunks, dk 192, strided aq / ak
       {3, 64, 2, 64, 64, 64, true, true},                   // one chunk with a carried state (bug 4.1 shape)
   };
-  for (const auto& s : shapes) run_case<T>(s, seed += 31, false, ctx);
+  for (const auto& s : shapes) run_case<T>(s, seed += 31, false, ctx, save_front);
 }
 
 template <class T>
@@ -394,6 +412,13 @@ TEST_CASE("gpu working memory with cuBLASLt products matches the CPU reference (
   tail_suite<__nv_bfloat16>(ctx);
   full_suite<__half>(ctx);
   run_case<float>({3, 256, 2, 64, 128, 64, true, true}, 4141, false, ctx);  // fp32 keeps the engine
+}
+
+TEST_CASE("gpu working memory with the forward's front saved for the backward") {
+  full_suite<__nv_bfloat16>(&gemm_context(), true);
+  full_suite<float>(nullptr, true);
+  // The saved front is only read: a second backward gives the same bits (determinism run).
+  run_case<__nv_bfloat16>({1, 1024, 2, 256, 512, 256, true, true}, 4242, true, &gemm_context(), true);
 }
 
 TEST_CASE("gpu working memory bf16 at a larger shape, bitwise deterministic") {
@@ -446,6 +471,18 @@ TEST_CASE("gpu working memory rejects what it cannot do") {
   expect(working_memory::cuda::forward(good, ws.data(), bytes - 1, nullptr), StatusCode::kInvalidArgument,
          "workspace");
   CHECK(working_memory::cuda::forward(good, ws.data(), bytes, nullptr).ok());
+  // A Saved region too small, or given to a tail call.
+  std::size_t sbytes = 0;
+  REQUIRE(working_memory::cuda::saved_bytes(good, sbytes).ok());
+  DeviceBuffer<char> sbuf(sbytes);
+  const working_memory::cuda::Saved small{sbuf.data(), sbytes - 1};
+  expect(working_memory::cuda::forward(good, ws.data(), bytes, nullptr, &small), StatusCode::kInvalidArgument,
+         "`saved` needs");
+  auto tail = fwd(64, 64, 256);  // L = 128 < C: the tail path
+  expect(working_memory::cuda::saved_bytes(tail, sbytes), StatusCode::kInvalidArgument, "full path");
+  const working_memory::cuda::Saved enough{sbuf.data(), sbuf.size()};
+  expect(working_memory::cuda::forward(tail, ws.data(), bytes, nullptr, &enough), StatusCode::kInvalidArgument,
+         "full path");
   // The backward is the full path only.
   BackwardArgs<__nv_bfloat16> g;
   g.chunk = 256;

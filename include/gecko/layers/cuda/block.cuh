@@ -53,10 +53,15 @@ struct BlockActivations {
   // MEGA
   T *xn, *xc, *mx, *z, *q, *k, *aq, *ak, *v_pre, *v, *r_pre, *o_sca, *attn, *y;
   float *tn_stats, *tn_corr, *cema_states, *lse;
+  working_memory::cuda::Saved wm_saved;  // training calls: the working memory's front (else empty)
   // NFFN
   T *u, *a, *b, *hidden;
 
-  static BlockActivations carve(Arena& act, const Dims& d) {
+  // Whether a call keeps the working memory's front for the backward: training calls of at least
+  // one chunk (streaming calls have no backward).
+  static bool saves_wm(const Dims& d, bool training) { return training && d.L >= d.C; }
+
+  static BlockActivations carve(Arena& act, const Dims& d, bool training) {
     BlockActivations s{};
     const std::size_t r = static_cast<std::size_t>(d.rows());
     s.xn = act.take<T>(r * d.D);
@@ -81,6 +86,10 @@ struct BlockActivations {
     s.a = act.take<T>(r * d.F);
     s.b = act.take<T>(r * d.F);
     s.hidden = act.take<T>(r * d.F);
+    if (saves_wm(d, training)) {  // last, so the views above sit where a streaming call's do
+      s.wm_saved.bytes = working_memory::cuda::saved_bytes_for<T>(d.B, d.L, d.H, d.dz, d.dv, d.C);
+      s.wm_saved.data = act.take<char>(s.wm_saved.bytes);
+    }
     return s;
   }
 };
@@ -181,7 +190,7 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
                           const StreamIO<T>* so = nullptr) {
   using namespace detail;
   const std::string mp = block::kMegaPrefix, np = block::kNffnPrefix;
-  const auto s = BlockActivations<T>::carve(act_arena, d);
+  const auto s = BlockActivations<T>::carve(act_arena, d, so == nullptr);
   GECKO_RETURN_IF_ERROR(act_arena.status("activation"));
   const std::int64_t B = d.B, L = d.L, R = d.rows();
 
@@ -307,9 +316,10 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
     wm.memory_out = so->memory;  // in place (working_memory/args.hpp allows it)
     wm.log_norm_out = so->log_norm;
   }
+  const working_memory::cuda::Saved* wm_saved = s.wm_saved.data ? &s.wm_saved : nullptr;
   GECKO_RETURN_IF_ERROR(stage(
-      ws, [&](std::size_t& b) { return working_memory::cuda::forward_workspace_size(ctx, wm, b); },
-      [&](void* p, std::size_t b) { return working_memory::cuda::forward(ctx, wm, p, b, st); }));
+      ws, [&](std::size_t& b) { return working_memory::cuda::forward_workspace_size(ctx, wm, b, wm_saved != nullptr); },
+      [&](void* p, std::size_t b) { return working_memory::cuda::forward(ctx, wm, p, b, st, wm_saved); }));
   gated_combine::ForwardArgs<T> gc;
   gc.silu_r = true;
   gc.sca = TensorView<const T>::device(s.o_sca, {R, d.E});
@@ -355,7 +365,7 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
                            T* dx, Arena& act_arena, Arena& ws, cudaStream_t st) {
   using namespace detail;
   const std::string mp = block::kMegaPrefix, np = block::kNffnPrefix;
-  const auto s = BlockActivations<T>::carve(act_arena, d);
+  const auto s = BlockActivations<T>::carve(act_arena, d, true);
   GECKO_RETURN_IF_ERROR(act_arena.status("activation"));
   const std::int64_t B = d.B, L = d.L, R = d.rows();
   const std::size_t Rz = static_cast<std::size_t>(R);
@@ -434,9 +444,10 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
   wb.daq = blh(gdaq, B, L, d.H, d.dz);
   wb.dak = blh(gdak, B, L, d.H, d.dz);
   wb.dv = blh(gF3, B, L, d.H, d.dv);
+  const working_memory::cuda::Saved* wm_saved = s.wm_saved.data ? &s.wm_saved : nullptr;
   GECKO_RETURN_IF_ERROR(stage(
-      ws, [&](std::size_t& b) { return working_memory::cuda::backward_workspace_size(ctx, wb, b); },
-      [&](void* p, std::size_t b) { return working_memory::cuda::backward(ctx, wb, p, b, st); }));
+      ws, [&](std::size_t& b) { return working_memory::cuda::backward_workspace_size(ctx, wb, b, wm_saved != nullptr); },
+      [&](void* p, std::size_t b) { return working_memory::cuda::backward(ctx, wb, p, b, st, wm_saved); }));
   // Sliding chunk attention backward: dq, dk, and dv added to the working memory's (gF3).
   sliding_chunk_attention::BackwardArgs<T> sb2;
   sb2.chunk = d.C;

@@ -187,7 +187,7 @@ class BlockStream {
     GECKO_RETURN_IF_ERROR(block_forward_impl<T>(ctx, c_, P, d, x.data, in, out.data, act, ws, stream, &so));
     // The call's q/k/v views live at fixed places of the activation region.
     Arena again(act_.data(), act_.size());
-    const auto s = BlockActivations<T>::carve(again, d);
+    const auto s = BlockActivations<T>::carve(again, d, false);
     return advance(d, s, stream);
   }
 

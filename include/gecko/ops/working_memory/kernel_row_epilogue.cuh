@@ -78,3 +78,24 @@ __global__ void __launch_bounds__(kThreads) row_epilogue_kernel(const __grid_con
 }
 
 }  // namespace gecko::working_memory::kernels
+
+namespace gecko::working_memory::kernels {
+
+// G = κᵀK̂ as the tensor-core scan reads it: the fp32 product g (dense, as out2's layout) split into
+// bf16 hi and lo parts (the engine's kStoreHiLo epilogue). One thread per pair of elements.
+// (A template so that the header-only library defines it once per program.)
+template <int kUnused = 0>
+__global__ void __launch_bounds__(kThreads) split_hilo_kernel(const float* __restrict__ g, __nv_bfloat16* __restrict__ hi,
+                                                              __nv_bfloat16* __restrict__ lo, std::int64_t pairs) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < pairs;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const float2 v = reinterpret_cast<const float2*>(g)[i];
+    __nv_bfloat16 h0, l0, h1, l1;
+    split_bf16(v.x, h0, l0);
+    split_bf16(v.y, h1, l1);
+    reinterpret_cast<std::uint32_t*>(hi)[i] = pack_bf16(h0, h1);
+    reinterpret_cast<std::uint32_t*>(lo)[i] = pack_bf16(l0, l1);
+  }
+}
+
+}  // namespace gecko::working_memory::kernels

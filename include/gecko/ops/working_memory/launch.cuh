@@ -60,13 +60,20 @@ struct Plan {
   std::size_t qhat = 0, khat = 0, kappa = 0, kstat = 0, ell = 0, rho = 0, abar = 0, anew = 0, resets = 0, ghi = 0,
               glo = 0, w = 0, mt = 0, e = 0, gut = 0, yneg = 0, ynegt = 0, parts = 0, gell = 0, svec = 0;
   std::size_t bytes = 0;
+  // split: the front's results (q̂ through A', what the backward reads) are laid out from offset 0
+  // of a separate `saved` region of front_bytes, the backward's own scratch from offset 0 of the
+  // workspace (bytes). Otherwise everything is in the workspace and front_bytes is 0.
+  bool split = false;
+  std::size_t front_bytes = 0;
 };
 
 template <class T>
-Plan make_plan(const Problem& p, bool backward) {
+Plan make_plan(const Problem& p, bool backward, bool split = false) {
   Plan pl;
   pl.p = p;
-  pl.backward = backward;
+  pl.backward = backward || split;  // a saving forward keeps what the backward reads
+  pl.split = split;
+  backward = pl.backward;
   const std::int64_t B = p.batch, H = p.heads, L = p.length, dk = p.dk, dv = p.dv, C = p.chunk;
   pl.hs = p.has_state ? 1 : 0;
   if (!p.tail) {
@@ -85,32 +92,34 @@ Plan make_plan(const Problem& p, bool backward) {
   }
   pl.slice = kTensorCores<T> ? kernels::kTcSlice : kernels::kSimtSlice;
   pl.nsl = static_cast<int>(dv / pl.slice);
-  std::size_t off = 0;
-  auto take = [&](std::int64_t count, std::size_t elem) {
-    const std::size_t o = off;
-    off += (static_cast<std::size_t>(count) * elem + 255) & ~static_cast<std::size_t>(255);
+  std::size_t off = 0, front = 0;
+  auto take_in = [](std::size_t& at, std::int64_t count, std::size_t elem) {
+    const std::size_t o = at;
+    at += (static_cast<std::size_t>(count) * elem + 255) & ~static_cast<std::size_t>(255);
     return o;
   };
+  auto take = [&](std::int64_t count, std::size_t elem) { return take_in(off, count, elem); };
+  auto take_front = [&](std::int64_t count, std::size_t elem) { return take_in(split ? front : off, count, elem); };
   const std::int64_t na = pl.nabs, bh = B * H;
-  pl.qhat = take(bh * pl.lq * dk, sizeof(T));
-  pl.khat = take(bh * na * C * dk, sizeof(T));
-  pl.kappa = take(bh * na * C * dk, sizeof(T));
-  pl.kstat = take(bh * na * (C / kernels::kRowBlock) * dk, sizeof(float2));
-  pl.ell = take(bh * na * dk, sizeof(float));
-  pl.rho = take(bh * na * dk, sizeof(float));
-  pl.resets = take(B * na, 1);
+  pl.qhat = take_front(bh * pl.lq * dk, sizeof(T));
+  pl.khat = take_front(bh * na * C * dk, sizeof(T));
+  pl.kappa = take_front(bh * na * C * dk, sizeof(T));
+  pl.kstat = take_front(bh * na * (C / kernels::kRowBlock) * dk, sizeof(float2));
+  pl.ell = take_front(bh * na * dk, sizeof(float));
+  pl.rho = take_front(bh * na * dk, sizeof(float));
+  pl.resets = take_front(B * na, 1);
   if constexpr (kTensorCores<T>) {
-    pl.ghi = take(bh * na * dk * dk, 2);
-    pl.glo = take(bh * na * dk * dk, 2);
+    pl.ghi = take_front(bh * na * dk * dk, 2);
+    pl.glo = take_front(bh * na * dk * dk, 2);
   } else {
-    pl.ghi = take(bh * na * dk * dk, sizeof(float));
+    pl.ghi = take_front(bh * na * dk * dk, sizeof(float));
     pl.glo = pl.ghi;
   }
-  pl.w = take(bh * na * dk * dv, sizeof(float));
-  pl.mt = take(bh * pl.n * dk * dv, sizeof(T));
+  pl.w = take_front(bh * na * dk * dv, sizeof(float));
+  pl.mt = take_front(bh * pl.n * dk * dv, sizeof(T));
   if (backward) {
-    pl.abar = take(bh * na * dk, sizeof(float));
-    pl.anew = take(bh * na * dk, sizeof(float));
+    pl.abar = take_front(bh * na * dk, sizeof(float));
+    pl.anew = take_front(bh * na * dk, sizeof(float));
     pl.e = take(bh * pl.n * dk * dv, sizeof(float));
     pl.gut = take(bh * na * dv * dk, sizeof(T));
     pl.yneg = take(bh * na * dk * dk, sizeof(T));
@@ -120,6 +129,7 @@ Plan make_plan(const Problem& p, bool backward) {
     pl.svec = take(bh * na * dk, sizeof(float));
   }
   pl.bytes = off;
+  pl.front_bytes = front;
   return pl;
 }
 
@@ -333,7 +343,7 @@ struct CudaExec {
 // Steps 1-5: features, statistics, κ, the chunk products and the forward scan. With `backward`,
 // the scan keeps R and the statistics keep Ā, A'; otherwise it writes memory_out / log_norm_out.
 template <class T, class A, class Exec>
-Status run_front(const A& a, const Plan& pl, char* ws, const TensorView<float>* memory_out,
+Status run_front(const A& a, const Plan& pl, char* ws, char* fr, const TensorView<float>* memory_out,
                  const TensorView<float>* log_norm_out, const Exec& ex) {
   const Problem& p = pl.p;
   const std::int64_t B = p.batch, H = p.heads, dk = p.dk, dv = p.dv, C = p.chunk;
@@ -353,7 +363,7 @@ Status run_front(const A& a, const Plan& pl, char* ws, const TensorView<float>* 
   fp.q_row0 = pl.q_row0;
   fp.q_rows = pl.q_rows;
   fp.q_blocks = static_cast<int>((pl.q_rows + kernels::kRowBlock - 1) / kernels::kRowBlock);
-  fp.qhat = ws + pl.qhat;
+  fp.qhat = fr + pl.qhat;
   fp.qhat_bh = pl.lq * dk;
   fp.ak = a.ak.data;
   fp.ak_sb = a.ak.stride(0);
@@ -367,8 +377,8 @@ Status run_front(const A& a, const Plan& pl, char* ws, const TensorView<float>* 
   }
   fp.nabs = pl.nabs;
   fp.hs = pl.hs;
-  fp.khat = ws + pl.khat;
-  fp.kstat = reinterpret_cast<float2*>(ws + pl.kstat);
+  fp.khat = fr + pl.khat;
+  fp.kstat = reinterpret_cast<float2*>(fr + pl.kstat);
   fp.docs = docs;
   GECKO_RETURN_IF_ERROR(ex.template feature_rows<T>(fp, B * H * (fp.q_blocks + static_cast<std::int64_t>(pl.nabs) * kbn)));
 
@@ -391,14 +401,14 @@ Status run_front(const A& a, const Plan& pl, char* ws, const TensorView<float>* 
     sp.lo_sb = log_norm_out->stride(0);
     sp.lo_sh = log_norm_out->stride(1);
   }
-  sp.kstat = reinterpret_cast<const float2*>(ws + pl.kstat);
-  sp.ell = reinterpret_cast<float*>(ws + pl.ell);
-  sp.rho = reinterpret_cast<float*>(ws + pl.rho);
+  sp.kstat = reinterpret_cast<const float2*>(fr + pl.kstat);
+  sp.ell = reinterpret_cast<float*>(fr + pl.ell);
+  sp.rho = reinterpret_cast<float*>(fr + pl.rho);
   if (pl.backward) {
-    sp.abar = reinterpret_cast<float*>(ws + pl.abar);
-    sp.anew = reinterpret_cast<float*>(ws + pl.anew);
+    sp.abar = reinterpret_cast<float*>(fr + pl.abar);
+    sp.anew = reinterpret_cast<float*>(fr + pl.anew);
   }
-  sp.resets = reinterpret_cast<std::uint8_t*>(ws + pl.resets);
+  sp.resets = reinterpret_cast<std::uint8_t*>(fr + pl.resets);
   sp.docs = docs;
   GECKO_RETURN_IF_ERROR(ex.stats(sp, B * H));
 
@@ -420,7 +430,7 @@ Status run_front(const A& a, const Plan& pl, char* ws, const TensorView<float>* 
     kp.pk_sh = fp.pk_sh;
     kp.pk_st = fp.pk_st;
     kp.ell = sp.ell;
-    kp.kappa = ws + pl.kappa;
+    kp.kappa = fr + pl.kappa;
     kp.docs = docs;
     GECKO_RETURN_IF_ERROR(ex.template kappa<T>(kp, B * H * pl.nabs * kbn));
 
@@ -429,15 +439,15 @@ Status run_front(const A& a, const Plan& pl, char* ws, const TensorView<float>* 
     gp.B = static_cast<int>(B);
     gp.H = static_cast<int>(H);
     gp.nprob = 2;
-    const Mat kappa = row_mat(ws + pl.kappa, H, pl.nabs * C, C, dk);
-    const Mat khat = row_mat(ws + pl.khat, H, pl.nabs * C, C, dk);
+    const Mat kappa = row_mat(fr + pl.kappa, H, pl.nabs * C, C, dk);
+    const Mat khat = row_mat(fr + pl.khat, H, pl.nabs * C, C, dk);
     kernels::GemmProblem& w = gp.prob[0];
     w.seg[0] = {alt(kappa), alt(token_mat(a.v, C), token_mat(a.prev_v, C), -pl.hs), static_cast<int>(C)};
     w.M = static_cast<int>(dk);
     w.N = static_cast<int>(dv);
     w.nb = pl.nabs;
     w.epi.mode = kernels::kStoreF32;
-    w.epi.out = alt(ws_mat(ws + pl.w, H, pl.nabs, dk, dv));
+    w.epi.out = alt(ws_mat(fr + pl.w, H, pl.nabs, dk, dv));
     kernels::GemmProblem& g = gp.prob[1];
     g.seg[0] = {alt(kappa), alt(khat), static_cast<int>(C)};
     g.M = static_cast<int>(dk);
@@ -445,11 +455,11 @@ Status run_front(const A& a, const Plan& pl, char* ws, const TensorView<float>* 
     g.nb = pl.nabs;
     if constexpr (kTensorCores<T>) {
       g.epi.mode = kernels::kStoreHiLo;
-      g.epi.out = alt(ws_mat(ws + pl.ghi, H, pl.nabs, dk, dk));
-      g.epi.out2 = ws_mat(ws + pl.glo, H, pl.nabs, dk, dk);
+      g.epi.out = alt(ws_mat(fr + pl.ghi, H, pl.nabs, dk, dk));
+      g.epi.out2 = ws_mat(fr + pl.glo, H, pl.nabs, dk, dk);
     } else {
       g.epi.mode = kernels::kStoreF32;
-      g.epi.out = alt(ws_mat(ws + pl.ghi, H, pl.nabs, dk, dk));
+      g.epi.out = alt(ws_mat(fr + pl.ghi, H, pl.nabs, dk, dk));
     }
     GECKO_RETURN_IF_ERROR((ex.template gemm<T, false, true, kernels::kStoreF32>(gp, "working_memory chunk products")));
   }
@@ -476,26 +486,26 @@ Status run_front(const A& a, const Plan& pl, char* ws, const TensorView<float>* 
     sc.mo_sh = memory_out->stride(1);
     sc.mo_ld = memory_out->stride(2);
   }
-  sc.g_hi = ws + pl.ghi;
-  sc.g_lo = ws + pl.glo;
-  sc.w = reinterpret_cast<float*>(ws + pl.w);
+  sc.g_hi = fr + pl.ghi;
+  sc.g_lo = fr + pl.glo;
+  sc.w = reinterpret_cast<float*>(fr + pl.w);
   sc.write_r = pl.backward;
   sc.rho = sp.rho;
   sc.resets = sp.resets;
-  sc.mt = ws + pl.mt;
+  sc.mt = fr + pl.mt;
   return ex.template scan<T, false>(sc, B * H * pl.nsl);
 }
 
 // The readout O_j = Q̂_j M_j (q̂ rows are already zero where the output mask drops a token).
 template <class T, class Exec>
-Status run_readout(const ForwardArgs<T>& a, const Plan& pl, char* ws, const Exec& ex) {
+Status run_readout(const ForwardArgs<T>& a, const Plan& pl, char* fr, const Exec& ex) {
   const Problem& p = pl.p;
   const std::int64_t H = p.heads, dk = p.dk, dv = p.dv, C = p.chunk;
   kernels::GemmParams gp;
   gp.B = static_cast<int>(p.batch);
   gp.H = static_cast<int>(H);
   kernels::GemmProblem& q = gp.prob[0];
-  q.seg[0] = {alt(row_mat(ws + pl.qhat, H, pl.lq, C, dk)), alt(ws_mat(ws + pl.mt, H, pl.n, dk, dv)),
+  q.seg[0] = {alt(row_mat(fr + pl.qhat, H, pl.lq, C, dk)), alt(ws_mat(fr + pl.mt, H, pl.n, dk, dv)),
               static_cast<int>(dk)};
   q.M = static_cast<int>(p.tail ? p.length : C);
   q.N = static_cast<int>(dv);
@@ -507,45 +517,61 @@ Status run_readout(const ForwardArgs<T>& a, const Plan& pl, char* ws, const Exec
 }
 
 // The forward and backward against an executor (CudaExec launches the kernels).
+// With `saved` (saved_bytes of it, from saved_bytes()), the forward keeps there what the backward
+// reads, and a backward given the same region skips recomputing it (full path only).
 template <class T, class Exec>
-Status run_forward(const ForwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, const Exec& ex) {
+Status run_forward(const ForwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, const Exec& ex,
+                   void* saved = nullptr, std::size_t saved_bytes = 0) {
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
   GECKO_RETURN_IF_ERROR(check_supported(a, p));
-  const Plan pl = make_plan<T>(p, false);
+  if (saved && p.tail) return invalid_argument("working memory forward: `saved` is for the full path (L >= chunk)");
+  const Plan pl = make_plan<T>(p, false, saved != nullptr);
   if (workspace_bytes < pl.bytes || (pl.bytes && !workspace))
     return invalid_argument("working memory forward needs " + std::to_string(pl.bytes) + " bytes of workspace, got " +
                             std::to_string(workspace_bytes));
+  if (saved && saved_bytes < pl.front_bytes)
+    return invalid_argument("working memory forward: `saved` needs " + std::to_string(pl.front_bytes) +
+                            " bytes, got " + std::to_string(saved_bytes));
   char* ws = static_cast<char*>(workspace);
+  char* fr = saved ? static_cast<char*>(saved) : ws;
   const TensorView<float>* mo = p.state_after ? &a.memory_out : nullptr;
   const TensorView<float>* lo = p.state_after ? &a.log_norm_out : nullptr;
   if (p.tail && !p.has_state) {  // the first chunk of a stream: zeros, and maybe the empty state
     GECKO_RETURN_IF_ERROR(ex.zero_rows(a.out, 0, p.length));
     if (!p.creates) return Status::success();
   }
-  GECKO_RETURN_IF_ERROR(run_front<T>(a, pl, ws, mo, lo, ex));
+  GECKO_RETURN_IF_ERROR(run_front<T>(a, pl, ws, fr, mo, lo, ex));
   if (pl.n == 0) return Status::success();
-  return run_readout(a, pl, ws, ex);
+  return run_readout(a, pl, fr, ex);
 }
 
+// With `saved` (written by a saving forward of the same inputs), the front is not recomputed.
 template <class T, class Exec>
-Status run_backward(const BackwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, const Exec& ex) {
+Status run_backward(const BackwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, const Exec& ex,
+                    const void* saved = nullptr, std::size_t saved_bytes = 0) {
   using namespace kernels;
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
   GECKO_RETURN_IF_ERROR(check_supported(a, p));
-  const Plan pl = make_plan<T>(p, true);
+  const Plan pl = make_plan<T>(p, true, saved != nullptr);
   if (workspace_bytes < pl.bytes || (pl.bytes && !workspace))
     return invalid_argument("working memory backward needs " + std::to_string(pl.bytes) +
                             " bytes of workspace, got " + std::to_string(workspace_bytes));
+  if (saved && saved_bytes < pl.front_bytes)
+    return invalid_argument("working memory backward: `saved` needs " + std::to_string(pl.front_bytes) +
+                            " bytes, got " + std::to_string(saved_bytes));
   char* ws = static_cast<char*>(workspace);
+  // The saved front is only read from here on (the reverse scan, the products and the epilogues
+  // write the workspace's regions and the caller's gradients).
+  char* fr = saved ? static_cast<char*>(const_cast<void*>(saved)) : ws;
   const std::int64_t B = p.batch, H = p.heads, dk = p.dk, dv = p.dv, C = p.chunk, L = p.length;
-  GECKO_RETURN_IF_ERROR(run_front<T>(a, pl, ws, nullptr, nullptr, ex));
+  if (!saved) GECKO_RETURN_IF_ERROR(run_front<T>(a, pl, ws, fr, nullptr, nullptr, ex));
 
-  const Mat qhat = row_mat(ws + pl.qhat, H, pl.lq, C, dk);
-  const Mat kappa = row_mat(ws + pl.kappa, H, pl.nabs * C, C, dk);
-  const Mat khat = row_mat(ws + pl.khat, H, pl.nabs * C, C, dk);
-  const Mat mt = ws_mat(ws + pl.mt, H, pl.n, dk, dv);
+  const Mat qhat = row_mat(fr + pl.qhat, H, pl.lq, C, dk);
+  const Mat kappa = row_mat(fr + pl.kappa, H, pl.nabs * C, C, dk);
+  const Mat khat = row_mat(fr + pl.khat, H, pl.nabs * C, C, dk);
+  const Mat mt = ws_mat(fr + pl.mt, H, pl.n, dk, dv);
   const Mat gut = ws_mat(ws + pl.gut, H, pl.nabs, dv, dk);
   const Mat yneg = ws_mat(ws + pl.yneg, H, pl.nabs, dk, dk);
   const Mat ynegt = ws_mat(ws + pl.ynegt, H, pl.nabs, dk, dk);
@@ -581,12 +607,12 @@ Status run_backward(const BackwardArgs<T>& a, void* workspace, std::size_t works
     sc.n = pl.n;
     sc.j0 = pl.j0;
     sc.j_first = pl.j_first;
-    sc.g_hi = ws + pl.ghi;
-    sc.g_lo = ws + pl.glo;
-    sc.w = reinterpret_cast<float*>(ws + pl.w);
-    sc.rho = reinterpret_cast<const float*>(ws + pl.rho);
-    sc.resets = reinterpret_cast<const std::uint8_t*>(ws + pl.resets);
-    sc.mt = ws + pl.mt;
+    sc.g_hi = fr + pl.ghi;
+    sc.g_lo = fr + pl.glo;
+    sc.w = reinterpret_cast<float*>(fr + pl.w);
+    sc.rho = reinterpret_cast<const float*>(fr + pl.rho);
+    sc.resets = reinterpret_cast<const std::uint8_t*>(fr + pl.resets);
+    sc.mt = fr + pl.mt;
     if (!a.dmemory_out.empty()) {
       sc.dmem_out = a.dmemory_out.data;
       sc.do_sb = a.dmemory_out.stride(0);
@@ -614,10 +640,10 @@ Status run_backward(const BackwardArgs<T>& a, void* workspace, std::size_t works
     gs.nabs = pl.nabs;
     gs.nsl = pl.nsl;
     gs.parts = reinterpret_cast<const float*>(ws + pl.parts);
-    gs.rho = reinterpret_cast<const float*>(ws + pl.rho);
-    gs.abar = reinterpret_cast<const float*>(ws + pl.abar);
-    gs.anew = reinterpret_cast<const float*>(ws + pl.anew);
-    gs.resets = reinterpret_cast<const std::uint8_t*>(ws + pl.resets);
+    gs.rho = reinterpret_cast<const float*>(fr + pl.rho);
+    gs.abar = reinterpret_cast<const float*>(fr + pl.abar);
+    gs.anew = reinterpret_cast<const float*>(fr + pl.anew);
+    gs.resets = reinterpret_cast<const std::uint8_t*>(fr + pl.resets);
     if (!a.dlog_norm_out.empty()) {
       gs.dln_out = a.dlog_norm_out.data;
       gs.do_sb = a.dlog_norm_out.stride(0);
@@ -642,7 +668,7 @@ Status run_backward(const BackwardArgs<T>& a, void* workspace, std::size_t works
     q.N = static_cast<int>(dk);
     q.nb = pl.nabs;
     q.zero_below = pl.j_first - pl.j0;
-    q.zflag = reinterpret_cast<const std::uint8_t*>(ws + pl.resets);
+    q.zflag = reinterpret_cast<const std::uint8_t*>(fr + pl.resets);
     q.zflag_sb = pl.nabs;
     q.epi.mode = kStoreYneg;
     q.epi.out = alt(ynegt);
@@ -705,41 +731,80 @@ Status run_backward(const BackwardArgs<T>& a, void* workspace, std::size_t works
 
 }  // namespace detail
 
-// Bytes of workspace forward() needs for this problem.
+// What a training forward may keep for its backward, so that the backward does not recompute the
+// features, statistics, chunk products and the forward scan (about 12 bytes per token and value
+// column at the 7B shapes). Caller-owned device memory of saved_bytes(); full path only. A forward
+// given it writes it, and a backward of the same inputs given it reads it (it may run any number
+// of times). Without it (nullptr) each pass computes everything itself.
+struct Saved {
+  void* data = nullptr;
+  std::size_t bytes = 0;
+};
+
 template <class T>
-Status forward_workspace_size(const ForwardArgs<T>& a, std::size_t& bytes) {
+Status saved_bytes(const ForwardArgs<T>& a, std::size_t& bytes) {
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
   GECKO_RETURN_IF_ERROR(detail::check_supported(a, p));
-  bytes = detail::make_plan<T>(p, false).bytes;
+  if (p.tail) return invalid_argument("working memory: `saved` is for the full path (L >= chunk)");
+  bytes = detail::make_plan<T>(p, false, true).front_bytes;
   return Status::success();
 }
 
-// Bytes of workspace backward() needs for this problem.
+// saved_bytes() of a call without a carried state or chunk (a training call) of these sizes.
 template <class T>
-Status backward_workspace_size(const BackwardArgs<T>& a, std::size_t& bytes) {
+std::size_t saved_bytes_for(std::int64_t B, std::int64_t L, std::int64_t H, std::int64_t dk, std::int64_t dv,
+                            std::int64_t C) {
+  Problem p;
+  p.batch = B;
+  p.length = L;
+  p.heads = H;
+  p.dk = dk;
+  p.dv = dv;
+  p.chunk = C;
+  p.chunks = L / C;
+  return detail::make_plan<T>(p, false, true).front_bytes;
+}
+
+// Bytes of workspace forward() needs for this problem (with_saved: when it is given a Saved).
+template <class T>
+Status forward_workspace_size(const ForwardArgs<T>& a, std::size_t& bytes, bool with_saved = false) {
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
   GECKO_RETURN_IF_ERROR(detail::check_supported(a, p));
-  bytes = detail::make_plan<T>(p, true).bytes;
+  bytes = detail::make_plan<T>(p, false, with_saved && !p.tail).bytes;
+  return Status::success();
+}
+
+// Bytes of workspace backward() needs for this problem (with_saved: when it is given a Saved).
+template <class T>
+Status backward_workspace_size(const BackwardArgs<T>& a, std::size_t& bytes, bool with_saved = false) {
+  Problem p;
+  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  GECKO_RETURN_IF_ERROR(detail::check_supported(a, p));
+  bytes = detail::make_plan<T>(p, true, with_saved).bytes;
   return Status::success();
 }
 
 // Forward, full path (L >= C) or tail path (L < C), as cpu::forward. memory_out / log_norm_out may
 // be the very views of memory / log_norm.
 template <class T>
-Status forward(const ForwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, cudaStream_t stream) {
+Status forward(const ForwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, cudaStream_t stream,
+               const Saved* saved = nullptr) {
   static_assert(!std::is_same_v<T, double>, "the CUDA working memory takes float, half or bfloat16");
   GECKO_RETURN_IF_ERROR(detail::check_device<T>());
-  return detail::run_forward<T>(a, workspace, workspace_bytes, detail::CudaExec{stream});
+  return detail::run_forward<T>(a, workspace, workspace_bytes, detail::CudaExec{stream}, saved ? saved->data : nullptr,
+                                saved ? saved->bytes : 0);
 }
 
 // Backward of the full path, as cpu::backward.
 template <class T>
-Status backward(const BackwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, cudaStream_t stream) {
+Status backward(const BackwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, cudaStream_t stream,
+                const Saved* saved = nullptr) {
   static_assert(!std::is_same_v<T, double>, "the CUDA working memory takes float, half or bfloat16");
   GECKO_RETURN_IF_ERROR(detail::check_device<T>());
-  return detail::run_backward<T>(a, workspace, workspace_bytes, detail::CudaExec{stream});
+  return detail::run_backward<T>(a, workspace, workspace_bytes, detail::CudaExec{stream}, saved ? saved->data : nullptr,
+                                 saved ? saved->bytes : 0);
 }
 
 }  // namespace gecko::working_memory::cuda

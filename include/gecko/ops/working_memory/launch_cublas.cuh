@@ -1,19 +1,21 @@
-// Adaptive working memory with its large per-chunk products on cuBLASLt: the entry points that take
-// a linear::cuda::Context (forward / backward / *_workspace_size overloads below).
+// Adaptive working memory with its per-chunk products on cuBLASLt: the entry points that take a
+// linear::cuda::Context (forward / backward / *_workspace_size overloads below).
 //
 // Why. At the 7B shapes (dk = 256, dv = 2048, C = 2048) almost all of the op's FLOPs are in
-// products of plain shape: W = κᵀV, the readout O = Q̂M, E = Q̂ᵀdO and dv = κ gU (each 2 dk dv C per
-// chunk). The engine of kernel_gemm_tc.cuh (mma.sync) runs them at ~140 TFLOP/s on an H100;
-// cuBLASLt's strided-batch GEMMs run them several times faster. Everything else (features, the
-// statistics, the scans, and the products whose epilogues are fused into the engine: G's hi/lo
-// split, Y, daq, dak) is unchanged, so results differ from launch.cuh's only in the summation
-// order of those products.
+// per-chunk products: W = κᵀV, the readout O = Q̂M, E = Q̂ᵀdO, dv = κ gU, and the products under the
+// daq / dak epilogues (each 2 dk dv C per chunk). The engine of kernel_gemm_tc.cuh (mma.sync) runs
+// them at ~140 TFLOP/s on an H100; cuBLASLt's strided-batch GEMMs several times faster.
 //
-// CublasExec is the executor of launch.cuh's steps with `gemm` redirected: a problem with one
-// segment, a plain store epilogue and no run-time zero flags runs per (b, h) as one strided-batch
-// GEMM over its chunks (chunks whose operand or output is the carried chunk, and chunks with a
-// zero product, are handled one by one); any other problem goes to the engine as before.
-// fp32 keeps the engine throughout (its scan reads an fp32 G).
+// CublasExec is the executor of launch.cuh's steps with `gemm` redirected, per problem:
+//   plain stores (kStoreT / kStoreF32)  one strided-batch GEMM per (b, h) over the chunks (chunks
+//                                       whose operand or output is the carried chunk, and chunks
+//                                       with a zero product, one by one)
+//   G's hi / lo split (kStoreHiLo)      the fp32 product, then split_hilo_kernel
+//   daq / dak (row epilogues)           the products into fp32 accumulators, then
+//                                       row_epilogue_kernel (kernel_row_epilogue.cuh)
+//   anything else (Y, run-time zero flags) the engine, as before.
+// Features, statistics and the scans are unchanged, so results differ from launch.cuh's only in
+// the summation order of the products. fp32 keeps the engine throughout.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -36,6 +38,8 @@ struct CublasExec : CudaExec {
   float* acc0 = nullptr;       // backward: two fp32 [chunks, C, dk] accumulator sets for daq / dak
   float* acc1 = nullptr;
   std::int64_t acc_chunks = 0;  // chunks each set holds per (b, h)
+  float* g32 = nullptr;         // fp32 G before its hi / lo split (16-bit T)
+  std::size_t g32_floats = 0;
 
   template <class T, bool AR, bool BR, int EPI>
   Status gemm(kernels::GemmParams& gp, const char* what) const {
@@ -48,6 +52,11 @@ struct CublasExec : CudaExec {
       rest.nprob = 0;
       for (int i = 0; i < gp.nprob; ++i) {
         const kernels::GemmProblem& q = gp.prob[i];
+        if (plain && q.epi.mode == kernels::kStoreHiLo && q.nseg == 1 && !q.zflag && g32 &&
+            static_cast<std::size_t>(gp.B) * gp.H * q.nb * q.M * q.N <= g32_floats) {
+          GECKO_RETURN_IF_ERROR((hilo<T, AR, BR>(gp, q)));
+          continue;
+        }
         const bool ours = !q.zflag && q.epi.mode == EPI &&
                           (plain ? q.nseg == 1 : acc0 && q.nb <= acc_chunks && q.N <= 256);
         if (!ours) {
@@ -126,6 +135,21 @@ struct CublasExec : CudaExec {
     return ctx->matmul(g, gemm_ws, stream);
   }
 
+  // G's hi / lo problem: the product into g32 (dense [B, H, nb, M, N], the layout of out2), then
+  // the split into the problem's outputs (dense with that layout too: ws_mat regions).
+  template <class T, bool AR, bool BR>
+  Status hilo(const kernels::GemmParams& gp, const kernels::GemmProblem& q) const {
+    const kernels::MatAlt g = alt(ws_mat(g32, gp.H, q.nb, q.M, q.N));
+    GECKO_RETURN_IF_ERROR((products<T, AR, BR, float>(gp, q, q.seg[0], g, 0.f, true)));
+    const std::int64_t pairs = static_cast<std::int64_t>(gp.B) * gp.H * q.nb * q.M * q.N / 2;
+    if (pairs == 0) return Status::success();
+    const unsigned grid = static_cast<unsigned>(std::min<std::int64_t>((pairs + kernels::kThreads - 1) / kernels::kThreads, 4096));
+    kernels::split_hilo_kernel<><<<grid, kernels::kThreads, 0, stream>>>(
+        g32, static_cast<__nv_bfloat16*>(const_cast<void*>(q.epi.out.m.p)),
+        static_cast<__nv_bfloat16*>(const_cast<void*>(q.epi.out2.p)), pairs);
+    return last_launch_status("working_memory G hi/lo split");
+  }
+
   // daq / dak: the products into fp32 accumulators (acc0, acc1), then the row epilogue kernel.
   template <class T, bool AR, bool BR, int EPI>
   Status row_epilogue(const kernels::GemmParams& gp, const kernels::GemmProblem& q) const {
@@ -168,13 +192,14 @@ inline std::size_t round_up_256(std::size_t b) { return (b + 255) / 256 * 256; }
 // The Context path's workspace: launch.cuh's plan, then (backward, 16-bit T) the two fp32
 // accumulator sets of daq / dak, then the GEMM workspace.
 struct CublasLayout {
-  std::size_t own = 0, acc0 = 0, acc1 = 0, gemm = 0, total = 0;
+  std::size_t own = 0, acc0 = 0, acc1 = 0, g32 = 0, gemm = 0, total = 0;
   std::int64_t acc_chunks = 0;
+  std::size_t g32_floats = 0;
 };
 
 template <class T>
-CublasLayout cublas_layout(const linear::cuda::Context& ctx, const Problem& p, bool backward) {
-  const Plan pl = make_plan<T>(p, backward);
+CublasLayout cublas_layout(const linear::cuda::Context& ctx, const Problem& p, bool backward, bool with_saved) {
+  const Plan pl = make_plan<T>(p, backward, with_saved && !p.tail);
   CublasLayout l;
   l.own = pl.bytes;
   std::size_t off = round_up_256(pl.bytes);
@@ -186,17 +211,22 @@ CublasLayout cublas_layout(const linear::cuda::Context& ctx, const Problem& p, b
     l.acc1 = off;
     off = round_up_256(off + set);
   }
+  if (kTensorCores<T> && !(backward && with_saved && !p.tail)) {  // a pass that runs the front
+    l.g32_floats = static_cast<std::size_t>(p.batch * p.heads * pl.nabs * p.dk * p.dk);
+    l.g32 = off;
+    off = round_up_256(off + l.g32_floats * sizeof(float));
+  }
   l.gemm = off;
   l.total = off + ctx.gemm_workspace_bytes();
   return l;
 }
 
 template <class T, class A>
-Status cublas_plan(const linear::cuda::Context& ctx, const A& a, bool backward, CublasLayout& l) {
+Status cublas_plan(const linear::cuda::Context& ctx, const A& a, bool backward, bool with_saved, CublasLayout& l) {
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
   GECKO_RETURN_IF_ERROR(check_supported(a, p));
-  l = cublas_layout<T>(ctx, p, backward);
+  l = cublas_layout<T>(ctx, p, backward, with_saved);
   return Status::success();
 }
 
@@ -211,24 +241,31 @@ inline CublasExec make_exec(linear::cuda::Context& ctx, const CublasLayout& l, v
     ex.acc1 = reinterpret_cast<float*>(ws + l.acc1);
     ex.acc_chunks = l.acc_chunks;
   }
+  if (l.g32_floats > 0) {
+    ex.g32 = reinterpret_cast<float*>(ws + l.g32);
+    ex.g32_floats = l.g32_floats;
+  }
   return ex;
 }
 
 }  // namespace detail
 
-// Bytes of workspace the Context-taking forward() / backward() need.
+// Bytes of workspace the Context-taking forward() / backward() need (with_saved: when given a
+// Saved, launch.cuh).
 template <class T>
-Status forward_workspace_size(const linear::cuda::Context& ctx, const ForwardArgs<T>& a, std::size_t& bytes) {
+Status forward_workspace_size(const linear::cuda::Context& ctx, const ForwardArgs<T>& a, std::size_t& bytes,
+                              bool with_saved = false) {
   detail::CublasLayout l;
-  GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, false, l));
+  GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, false, with_saved, l));
   bytes = l.total;
   return Status::success();
 }
 
 template <class T>
-Status backward_workspace_size(const linear::cuda::Context& ctx, const BackwardArgs<T>& a, std::size_t& bytes) {
+Status backward_workspace_size(const linear::cuda::Context& ctx, const BackwardArgs<T>& a, std::size_t& bytes,
+                               bool with_saved = false) {
   detail::CublasLayout l;
-  GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, true, l));
+  GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, true, with_saved, l));
   bytes = l.total;
   return Status::success();
 }
@@ -236,29 +273,31 @@ Status backward_workspace_size(const linear::cuda::Context& ctx, const BackwardA
 // As forward(a, ...) of launch.cuh, with the large products on cuBLASLt.
 template <class T>
 Status forward(linear::cuda::Context& ctx, const ForwardArgs<T>& a, void* workspace, std::size_t workspace_bytes,
-               cudaStream_t stream) {
+               cudaStream_t stream, const Saved* saved = nullptr) {
   static_assert(!std::is_same_v<T, double>, "the CUDA working memory takes float, half or bfloat16");
   GECKO_RETURN_IF_ERROR(detail::check_device<T>());
   GECKO_RETURN_IF_ERROR(ctx.check_ready());
   detail::CublasLayout l;
-  GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, false, l));
+  GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, false, saved != nullptr, l));
   GECKO_RETURN_IF_ERROR(
       linear::cuda::detail::check_workspace(workspace, workspace_bytes, l.total, "working memory forward"));
-  return detail::run_forward<T>(a, workspace, l.own, detail::make_exec(ctx, l, workspace, stream));
+  return detail::run_forward<T>(a, workspace, l.own, detail::make_exec(ctx, l, workspace, stream),
+                                saved ? saved->data : nullptr, saved ? saved->bytes : 0);
 }
 
 // As backward(a, ...) of launch.cuh, with the large products on cuBLASLt.
 template <class T>
 Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* workspace, std::size_t workspace_bytes,
-                cudaStream_t stream) {
+                cudaStream_t stream, const Saved* saved = nullptr) {
   static_assert(!std::is_same_v<T, double>, "the CUDA working memory takes float, half or bfloat16");
   GECKO_RETURN_IF_ERROR(detail::check_device<T>());
   GECKO_RETURN_IF_ERROR(ctx.check_ready());
   detail::CublasLayout l;
-  GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, true, l));
+  GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, true, saved != nullptr, l));
   GECKO_RETURN_IF_ERROR(
       linear::cuda::detail::check_workspace(workspace, workspace_bytes, l.total, "working memory backward"));
-  return detail::run_backward<T>(a, workspace, l.own, detail::make_exec(ctx, l, workspace, stream));
+  return detail::run_backward<T>(a, workspace, l.own, detail::make_exec(ctx, l, workspace, stream),
+                                 saved ? saved->data : nullptr, saved ? saved->bytes : 0);
 }
 
 }  // namespace gecko::working_memory::cuda
