@@ -39,7 +39,7 @@ linear::cuda::Context& gemm_context() {
   return *ctx;
 }
 
-void BM_working_memory(benchmark::State& state, Pass pass, bool cublaslt) {
+void BM_working_memory(benchmark::State& state, Pass pass, bool cublaslt, bool saved_front = false) {
   using T = __nv_bfloat16;
   add_device_context();
   const std::int64_t B = 1, H = 4, dk = 256, dv = 2048, C = 2048, L = state.range(0);
@@ -77,6 +77,16 @@ void BM_working_memory(benchmark::State& state, Pass pass, bool cublaslt) {
     throw_if_error(working_memory::cuda::forward_workspace_size(f, fbytes));
     throw_if_error(working_memory::cuda::backward_workspace_size(g, bbytes));
   }
+  // saved_front: the forward keeps its front for the backward (the block's training mode).
+  working_memory::cuda::Saved saved;
+  DeviceBuffer<char> saved_buf;
+  if (saved_front) {
+    throw_if_error(working_memory::cuda::saved_bytes(f, saved.bytes));
+    saved_buf = DeviceBuffer<char>(saved.bytes);
+    saved.data = saved_buf.data();
+    state.counters["saved_MiB"] = static_cast<double>(saved.bytes) / (1 << 20);
+  }
+  const working_memory::cuda::Saved* sv = saved_front ? &saved : nullptr;
   DeviceBuffer<char> ws(std::max(fbytes, bbytes));
   state.counters["workspace_MiB"] = static_cast<double>(std::max(fbytes, bbytes)) / (1 << 20);
 
@@ -86,11 +96,11 @@ void BM_working_memory(benchmark::State& state, Pass pass, bool cublaslt) {
       state,
       [&](int) {
         if (pass != Pass::kBackward)
-          throw_if_error(ctx ? working_memory::cuda::forward(*ctx, f, ws.data(), ws.size(), nullptr)
-                             : working_memory::cuda::forward(f, ws.data(), ws.size(), nullptr));
+          throw_if_error(ctx ? working_memory::cuda::forward(*ctx, f, ws.data(), ws.size(), nullptr, sv)
+                             : working_memory::cuda::forward(f, ws.data(), ws.size(), nullptr, sv));
         if (pass != Pass::kForward)
-          throw_if_error(ctx ? working_memory::cuda::backward(*ctx, g, ws.data(), ws.size(), nullptr)
-                             : working_memory::cuda::backward(g, ws.data(), ws.size(), nullptr));
+          throw_if_error(ctx ? working_memory::cuda::backward(*ctx, g, ws.data(), ws.size(), nullptr, sv)
+                             : working_memory::cuda::backward(g, ws.data(), ws.size(), nullptr, sv));
       },
       1, {0, units * unit});
   if (L == 16384 && pass != Pass::kBackward) {
@@ -203,6 +213,7 @@ const bool registered = [] {
     const char* name;
     Pass pass;
     bool cublaslt;
+    bool saved = false;
   };
   const Row rows[] = {
       {"working_memory/fwd_bf16", Pass::kForward, false},
@@ -211,9 +222,11 @@ const bool registered = [] {
       {"working_memory/fwd_bf16_cublaslt", Pass::kForward, true},
       {"working_memory/bwd_bf16_cublaslt", Pass::kBackward, true},
       {"working_memory/fwd_bwd_bf16_cublaslt", Pass::kBoth, true},
+      {"working_memory/fwd_bf16_cublaslt_saved", Pass::kForward, true, true},
+      {"working_memory/fwd_bwd_bf16_cublaslt_saved", Pass::kBoth, true, true},
   };
   for (const Row& r : rows) {
-    benchmark::RegisterBenchmark(r.name, &BM_working_memory, r.pass, r.cublaslt)
+    benchmark::RegisterBenchmark(r.name, &BM_working_memory, r.pass, r.cublaslt, r.saved)
         ->Arg(4096)
         ->Arg(16384)
         ->Arg(65536)

@@ -3,7 +3,8 @@
 # under compute-sanitizer (memcheck, racecheck), the demo, and the benchmarks. Writes logs and
 # the benchmark JSON into the folder given as $1 (at most a few files: the device tool returns 8).
 #   usage: bash .gpu/gpu_check.sh OUT_DIR [benchmark filter regex, or "none"]
-# Environment: GECKO_SKIP_TESTS / GECKO_SKIP_SANITIZER / GECKO_SKIP_PEER / GECKO_SKIP_STREAM = 1 skip
+# Environment: GECKO_NCU_FILTER (a benchmark filter) adds an Nsight Compute pass over one warm
+# iteration of those benchmarks into ncu.csv; GECKO_SKIP_TESTS / GECKO_SKIP_SANITIZER / GECKO_SKIP_PEER / GECKO_SKIP_STREAM = 1 skip
 # those steps; GECKO_SANITIZER_ARGS (one doctest filter argument, e.g. '--test-case=*tail*,*stream*')
 # and GECKO_SANITIZER_TIMEOUT bound the
 # sanitizer runs (a call on the lent machine has 10 minutes).
@@ -56,6 +57,13 @@ fi
 if [ "${GECKO_SKIP_PEER:-0}" != 1 ] && python3 -c "import torch" 2>/dev/null; then
   step "peer: Llama2-7B block (PyTorch SDPA)"
   python3 "$HERE/llama2_block.py" "$OUT/llama2_block.json" 4096 16384 32768 2>&1 | tee -a "$LOG"
+fi
+
+if [ -n "${GECKO_NCU_FILTER:-}" ] && command -v ncu >/dev/null; then
+  step "ncu: kernel durations of one warm iteration of $GECKO_NCU_FILTER (bench/ncu_breakdown.py reads it)"
+  GECKO_PROFILE_ONE=1 timeout 300 ncu --profile-from-start off --clock-control none --cache-control none \
+    --metrics gpu__time_duration.sum --csv "$HERE/gecko_bench" --benchmark_filter="$GECKO_NCU_FILTER" \
+    >"$OUT/ncu.csv" 2>/dev/null || echo "ncu failed" | tee -a "$LOG"
 fi
 
 [ "$FILTER" = none ] && exit $status

@@ -73,7 +73,6 @@ Plan make_plan(const Problem& p, bool backward, bool split = false) {
   pl.p = p;
   pl.backward = backward || split;  // a saving forward keeps what the backward reads
   pl.split = split;
-  backward = pl.backward;
   const std::int64_t B = p.batch, H = p.heads, L = p.length, dk = p.dk, dv = p.dv, C = p.chunk;
   pl.hs = p.has_state ? 1 : 0;
   if (!p.tail) {
@@ -117,9 +116,11 @@ Plan make_plan(const Problem& p, bool backward, bool split = false) {
   }
   pl.w = take_front(bh * na * dk * dv, sizeof(float));
   pl.mt = take_front(bh * pl.n * dk * dv, sizeof(T));
-  if (backward) {
+  if (pl.backward) {
     pl.abar = take_front(bh * na * dk, sizeof(float));
     pl.anew = take_front(bh * na * dk, sizeof(float));
+  }
+  if (backward) {  // the backward's own scratch
     pl.e = take(bh * pl.n * dk * dv, sizeof(float));
     pl.gut = take(bh * na * dv * dk, sizeof(T));
     pl.yneg = take(bh * na * dk * dk, sizeof(T));

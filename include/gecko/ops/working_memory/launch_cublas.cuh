@@ -13,7 +13,7 @@
 //   G's hi / lo split (kStoreHiLo)      the fp32 product, then split_hilo_kernel
 //   daq / dak (row epilogues)           the products into fp32 accumulators, then
 //                                       row_epilogue_kernel (kernel_row_epilogue.cuh)
-//   anything else (Y, run-time zero flags) the engine, as before.
+//   anything else (Y, run-time zero flags, and decode-sized problems under 0.1 GFLOP) the engine.
 // Features, statistics and the scans are unchanged, so results differ from launch.cuh's only in
 // the summation order of the products. fp32 keeps the engine throughout.
 #pragma once
@@ -41,6 +41,15 @@ struct CublasExec : CudaExec {
   float* g32 = nullptr;         // fp32 G before its hi / lo split (16-bit T)
   std::size_t g32_floats = 0;
 
+  // Problems smaller than this (in FLOPs) stay on the engine.
+  static constexpr double kMinFlops = 1e8;
+
+  static double flops(const kernels::GemmParams& gp, const kernels::GemmProblem& q) {
+    int k = 0;
+    for (int s = 0; s < q.nseg; ++s) k += q.seg[s].k;
+    return 2.0 * gp.B * gp.H * q.nb * static_cast<double>(q.M) * q.N * k;
+  }
+
   template <class T, bool AR, bool BR, int EPI>
   Status gemm(kernels::GemmParams& gp, const char* what) const {
     constexpr bool plain = EPI == kernels::kStoreT || EPI == kernels::kStoreF32;
@@ -52,6 +61,10 @@ struct CublasExec : CudaExec {
       rest.nprob = 0;
       for (int i = 0; i < gp.nprob; ++i) {
         const kernels::GemmProblem& q = gp.prob[i];
+        if (flops(gp, q) < kMinFlops) {  // decode-sized: one engine launch beats B * H GEMM calls
+          rest.prob[rest.nprob++] = q;
+          continue;
+        }
         if (plain && q.epi.mode == kernels::kStoreHiLo && q.nseg == 1 && !q.zflag && g32 &&
             static_cast<std::size_t>(gp.B) * gp.H * q.nb * q.M * q.N <= g32_floats) {
           GECKO_RETURN_IF_ERROR((hilo<T, AR, BR>(gp, q)));
