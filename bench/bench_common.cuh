@@ -4,6 +4,7 @@
 #pragma once
 
 #include <benchmark/benchmark.h>
+#include <cuda_bf16.h>
 #include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
@@ -16,6 +17,7 @@
 #include "gecko/core/buffer.hpp"
 #include "gecko/core/device.hpp"
 #include "gecko/core/dtype.hpp"
+#include "gecko/ops/linear/context.hpp"
 
 namespace gecko::bench {
 
@@ -113,6 +115,35 @@ inline void run_timed(benchmark::State& state, const std::function<void(int)>& l
     state.counters["copy_frac"] = tbs / copy_bandwidth_tbs();
   }
   if (work.flops > 0) state.counters["TFLOP/s"] = work.flops / (med * 1e-3) / 1e12;
+}
+
+// The benchmark program's cuBLASLt context (heuristic algorithm choice), never destroyed.
+inline linear::cuda::Context& gemm_context() {
+  static linear::cuda::Context* ctx = [] {
+    auto* c = new linear::cuda::Context();
+    throw_if_error(c->init());
+    return c;
+  }();
+  return *ctx;
+}
+
+// Fills bf16 memory with hashed values in [-scale, scale): tensor cores draw less power on zeros,
+// which would flatter GEMM rates. (A template so every benchmark file may include it.)
+template <int kUnused = 0>
+__global__ void fill_bf16_kernel(__nv_bfloat16* p, std::size_t n, std::uint32_t seed, float scale) {
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+    std::uint32_t h = static_cast<std::uint32_t>(i) * 2654435761u ^ seed;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    p[i] = __float2bfloat16(scale * (static_cast<float>(h & 0xffff) / 32768.f - 1.f));
+  }
+}
+
+inline void fill_bf16(__nv_bfloat16* p, std::size_t n, std::uint32_t seed, float scale = 1.f) {
+  fill_bf16_kernel<><<<1024, 256>>>(p, n, seed, scale);
+  check_cuda(cudaGetLastError(), "fill");
 }
 
 inline void add_device_context() {

@@ -24,18 +24,6 @@ struct Shape {
   int batch;
 };
 
-// Values in [-1, 1): tensor cores draw less power on zeros, which would flatter every candidate.
-__global__ void fill_kernel(__nv_bfloat16* p, std::size_t n, std::uint32_t seed) {
-  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
-    std::uint32_t h = static_cast<std::uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    p[i] = __float2bfloat16(static_cast<float>(h & 0xffff) / 32768.f - 1.f);
-  }
-}
-
 void check_lt(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS) throw Error(std::string(what) + ": " + cublasLtGetStatusString(s));
 }
@@ -50,9 +38,8 @@ void BM_gemm_candidates(benchmark::State& state, Shape g) {
   DeviceBuffer<char> A(static_cast<std::size_t>(rows_a * cols_a * g.batch) * 2),
       Bm(static_cast<std::size_t>(rows_b * cols_b * g.batch) * 2),
       D(static_cast<std::size_t>(g.m * g.n * g.batch) * out_size), ws(linear::cuda::Context::kDefaultGemmWorkspaceBytes);
-  fill_kernel<<<1024, 256>>>(reinterpret_cast<__nv_bfloat16*>(A.data()), A.size() / 2, 1);
-  fill_kernel<<<1024, 256>>>(reinterpret_cast<__nv_bfloat16*>(Bm.data()), Bm.size() / 2, 2);
-  check_cuda(cudaGetLastError(), "fill");
+  fill_bf16(reinterpret_cast<__nv_bfloat16*>(A.data()), A.size() / 2, 1);  // not zeros: see fill_bf16
+  fill_bf16(reinterpret_cast<__nv_bfloat16*>(Bm.data()), Bm.size() / 2, 2);
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
   check_lt(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc");

@@ -18,33 +18,13 @@ using T = __nv_bfloat16;
 using I64 = std::int64_t;
 constexpr I64 kTokens = 16384;
 
-__global__ void fill_kernel(T* p, std::size_t n, std::uint32_t seed, float scale) {
-  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
-    std::uint32_t h = static_cast<std::uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    p[i] = __float2bfloat16(scale * (static_cast<float>(h & 0xffff) / 32768.f - 1.f));
-  }
-}
-
 DeviceBuffer<T> filled(std::size_t n, std::uint32_t seed, float scale = 1.f) {
   DeviceBuffer<T> b(n);
-  fill_kernel<<<1024, 256>>>(b.data(), n, seed, scale);
-  check_cuda(cudaGetLastError(), "fill");
+  fill_bf16(b.data(), n, seed, scale);
   return b;
 }
 
-linear::cuda::Context& context() {
-  // Never destroyed: the process exit releases the handle (no cuBLASLt call after CUDA's teardown).
-  static linear::cuda::Context* ctx = [] {
-    auto* c = new linear::cuda::Context();
-    throw_if_error(c->init());
-    return c;
-  }();
-  return *ctx;
-}
+linear::cuda::Context& context() { return gemm_context(); }
 
 // ---- Linear ------------------------------------------------------------------------------------
 

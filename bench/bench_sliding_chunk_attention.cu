@@ -82,12 +82,6 @@ struct Strategy {
   std::size_t group_mib = 64;
 };
 
-linear::cuda::Context& gemm_context() {
-  static linear::cuda::Context ctx;
-  if (!ctx.ready()) throw_if_error(ctx.init());
-  return ctx;
-}
-
 void BM_sca(benchmark::State& state, Mode mode, Strategy strategy) {
   add_device_context();
   const I64 L = state.range(0);

@@ -30,15 +30,6 @@ void fill(DeviceBuffer<__nv_bfloat16>& b, std::size_t n, std::uint32_t seed, flo
   b.upload(h);
 }
 
-linear::cuda::Context& gemm_context() {
-  static linear::cuda::Context* ctx = [] {
-    auto* c = new linear::cuda::Context();
-    throw_if_error(c->init());
-    return c;
-  }();
-  return *ctx;
-}
-
 void BM_working_memory(benchmark::State& state, Pass pass, bool cublaslt, bool saved_front = false) {
   using T = __nv_bfloat16;
   add_device_context();

@@ -20,8 +20,9 @@ struct Shape {
   std::int64_t pitch;  // row stride of x/y/dy/dx (>= channels)
 };
 
+// with_add: the backward adds a residual branch's gradient (dx_add) into dx.
 template <class T>
-void run_case(Kind kind, bool affine, const Shape& s, std::uint64_t seed) {
+void run_case(Kind kind, bool affine, const Shape& s, std::uint64_t seed, bool with_add = false) {
   const std::int64_t R = s.rows, C = s.channels, P = s.pitch;
   CAPTURE(test::type_label<T>());
   CAPTURE(group_norm::kind_name(kind));
@@ -30,14 +31,16 @@ void run_case(Kind kind, bool affine, const Shape& s, std::uint64_t seed) {
   CAPTURE(C);
   CAPTURE(s.groups);
   CAPTURE(P);
+  CAPTURE(with_add);
   const bool bias = affine && kind == Kind::kLayer;
   auto x = test::random_vector<T>(R * P, seed, -2, 2);
   auto dy = test::random_vector<T>(R * P, seed + 1);
   auto w = test::random_vector<T>(C, seed + 2, -0.5, 0.5);
   auto b = test::random_vector<T>(C, seed + 3, -0.5, 0.5);
+  auto dadd = test::random_vector<T>(R * P, seed + 4);
 
   // CPU reference in double on the same (rounded) inputs.
-  auto xd = test::widen(x), dyd = test::widen(dy), wd = test::widen(w), bd = test::widen(b);
+  auto xd = test::widen(x), dyd = test::widen(dy), wd = test::widen(w), bd = test::widen(b), daddd = test::widen(dadd);
   std::vector<double> y_ref(R * P, 0.0), dx_ref(R * P, 0.0), dw_ref(C), db_ref(C);
   group_norm::ForwardArgs<double> fr;
   fr.kind = kind;
@@ -54,11 +57,13 @@ void run_case(Kind kind, bool affine, const Shape& s, std::uint64_t seed) {
   br.weight = fr.weight;
   br.dy = TensorView<const double>::strided(dyd.data(), {R, C}, {P, 1}, Memory::kHost);
   br.dx = TensorView<double>::strided(dx_ref.data(), {R, C}, {P, 1}, Memory::kHost);
+  if (with_add) br.dx_add = TensorView<const double>::strided(daddd.data(), {R, C}, {P, 1}, Memory::kHost);
   if (affine) br.dweight = host_view(dw_ref, {C});
   if (bias) br.dbias = host_view(db_ref, {C});
   REQUIRE(group_norm::cpu::backward(br).ok());
 
-  DeviceBuffer<T> x_d, dy_d, w_d, b_d, y_d(R * P), dx_d(R * P);
+  DeviceBuffer<T> x_d, dy_d, w_d, b_d, dadd_d, y_d(R * P), dx_d(R * P);
+  dadd_d.upload(dadd);
   DeviceBuffer<float> dw_d(C), db_d(C);
   x_d.upload(x);
   dy_d.upload(dy);
@@ -82,6 +87,7 @@ void run_case(Kind kind, bool affine, const Shape& s, std::uint64_t seed) {
   g.weight = f.weight;
   g.dy = TensorView<const T>::strided(dy_d.data(), {R, C}, {P, 1}, Memory::kDevice);
   g.dx = TensorView<T>::strided(dx_d.data(), {R, C}, {P, 1}, Memory::kDevice);
+  if (with_add) g.dx_add = TensorView<const T>::strided(dadd_d.data(), {R, C}, {P, 1}, Memory::kDevice);
   if (affine) g.dweight = dw_d.view({C});
   if (bias) g.dbias = db_d.view({C});
   std::size_t ws_bytes = 0;
@@ -125,7 +131,7 @@ void run_all() {
   std::uint64_t seed = 100;
   for (const auto& s : shapes) {
     for (Kind kind : {Kind::kRms, Kind::kLayer}) {
-      for (bool affine : {true, false}) run_case<T>(kind, affine, s, seed += 10);
+      for (bool affine : {true, false}) run_case<T>(kind, affine, s, seed += 10, affine && kind == Kind::kLayer);
     }
   }
 }
@@ -150,4 +156,8 @@ TEST_CASE("gpu group norm rejects host tensors and short workspace") {
   g.weight = dw.view({16});
   g.dweight = dw.view({16});
   CHECK(group_norm::cuda::backward(g, nullptr, 0, nullptr).message().find("workspace") != std::string::npos);
+  g.dx_add = dev.view({4, 16});  // the same buffer as dx
+  CHECK(group_norm::cuda::backward(g, nullptr, 0, nullptr).message().find("dx_add must not be dx") != std::string::npos);
+  g.dx_add = dev.view({4, 8});
+  CHECK(group_norm::cuda::backward(g, nullptr, 0, nullptr).message().find("dx_add") != std::string::npos);
 }

@@ -10,6 +10,7 @@
 #include "gecko/core/buffer.hpp"
 #include "gecko/ops/linear/launch.cuh"
 #include "gecko/ops/linear/reference.hpp"
+#include "gemm_context.hpp"
 #include "test_util.hpp"
 
 using namespace gecko;
@@ -19,16 +20,7 @@ namespace {
 
 using I64 = std::int64_t;
 
-// One context for the whole test program (the only cuBLASLt handle it creates).
-linear::cuda::Context& context() {
-  // Never destroyed: the process exit releases the handle (no cuBLASLt call after CUDA's teardown).
-  static linear::cuda::Context* ctx = [] {
-    auto* c = new linear::cuda::Context();
-    throw_if_error(c->init());
-    return c;
-  }();
-  return *ctx;
-}
+linear::cuda::Context& context() { return test::gemm_context(); }
 
 struct Case {
   I64 batch, length, K, N;

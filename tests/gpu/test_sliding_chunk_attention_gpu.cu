@@ -13,6 +13,7 @@
 #include "gecko/ops/sliding_chunk_attention/launch.cuh"
 #include "gecko/ops/sliding_chunk_attention/launch_gemm.cuh"
 #include "gecko/ops/sliding_chunk_attention/reference.hpp"
+#include "gemm_context.hpp"
 #include "test_util.hpp"
 
 using namespace gecko;
@@ -80,12 +81,7 @@ std::vector<double> gather(const std::vector<T>& v, I64 B, I64 N, I64 H, I64 d, 
   return out;
 }
 
-// One cuBLASLt context for the GEMM-staged path (created on first use).
-linear::cuda::Context& gemm_context() {
-  static linear::cuda::Context ctx;
-  if (!ctx.ready()) REQUIRE(ctx.init().ok());
-  return ctx;
-}
+using test::gemm_context;  // the GEMM-staged path's cuBLASLt context
 
 // gemm: run the GEMM-staged entry points (launch_gemm.cuh) with these options instead of the
 // flash ones (the GEMM entry points fall back to the flash kernels where they do not apply).

@@ -18,6 +18,7 @@
 #include "gecko/ops/working_memory/launch.cuh"
 #include "gecko/ops/working_memory/launch_cublas.cuh"
 #include "gecko/ops/working_memory/reference.hpp"
+#include "gemm_context.hpp"
 #include "test_util.hpp"
 
 using namespace gecko;
@@ -91,15 +92,7 @@ testing::Comparison compare_ln(const std::vector<float>& got, const std::vector<
     CHECK(awm_cmp_.within(tol));                                                                         \
   } while (0)
 
-// One cuBLASLt context for the whole test program.
-linear::cuda::Context& gemm_context() {
-  static linear::cuda::Context* ctx = [] {
-    auto* c = new linear::cuda::Context();
-    throw_if_error(c->init());
-    return c;
-  }();
-  return *ctx;
-}
+using test::gemm_context;
 
 // The launchers under test: launch.cuh's (ctx null) or launch_cublas.cuh's.
 // (with a Saved when `sv` is given: the forward keeps its front, the backward reads it)
@@ -113,16 +106,19 @@ Status wm_backward_size(linear::cuda::Context* ctx, const working_memory::Backwa
   return ctx ? working_memory::cuda::backward_workspace_size(*ctx, a, b, sv)
              : working_memory::cuda::backward_workspace_size(a, b, sv);
 }
+// Every product on cuBLASLt, however small (the test shapes are far below the default threshold).
+const working_memory::cuda::CublasOptions kAllCublas{0.0};
+
 template <class T>
 Status wm_forward(linear::cuda::Context* ctx, const working_memory::ForwardArgs<T>& a, void* ws, std::size_t b,
                   const working_memory::cuda::Saved* sv) {
-  return ctx ? working_memory::cuda::forward(*ctx, a, ws, b, nullptr, sv)
+  return ctx ? working_memory::cuda::forward(*ctx, a, ws, b, nullptr, sv, kAllCublas)
              : working_memory::cuda::forward(a, ws, b, nullptr, sv);
 }
 template <class T>
 Status wm_backward(linear::cuda::Context* ctx, const working_memory::BackwardArgs<T>& a, void* ws, std::size_t b,
                    const working_memory::cuda::Saved* sv) {
-  return ctx ? working_memory::cuda::backward(*ctx, a, ws, b, nullptr, sv)
+  return ctx ? working_memory::cuda::backward(*ctx, a, ws, b, nullptr, sv, kAllCublas)
              : working_memory::cuda::backward(a, ws, b, nullptr, sv);
 }
 

@@ -85,6 +85,23 @@ TEST_CASE("group norm accepts strided rows and matches the dense result") {
   CHECK(y1 == y2);
 }
 
+TEST_CASE("group norm backward adds dx_add to dx") {
+  const std::int64_t R = 3, C = 64;
+  const auto x = test::random_normal(R * C, 11), dy = test::random_normal(R * C, 12), add = test::random_normal(R * C, 13);
+  std::vector<double> dx0(R * C), dx1(R * C);
+  group_norm::BackwardArgs<double> a;
+  a.kind = Kind::kLayer;
+  a.groups = 2;
+  a.x = host_view(x, {R, C});
+  a.dy = host_view(dy, {R, C});
+  a.dx = host_view(dx0, {R, C});
+  REQUIRE(group_norm::cpu::backward(a).ok());
+  a.dx = host_view(dx1, {R, C});
+  a.dx_add = host_view(add, {R, C});
+  REQUIRE(group_norm::cpu::backward(a).ok());
+  for (std::int64_t i = 0; i < R * C; ++i) CHECK(dx1[i] == doctest::Approx(dx0[i] + add[i]).epsilon(1e-12));
+}
+
 TEST_CASE("group norm rejects bad arguments with a message naming them") {
   std::vector<float> x(4 * 12), y(4 * 12), w(12), w_bad(10);
   group_norm::ForwardArgs<float> f;

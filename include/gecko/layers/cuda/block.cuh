@@ -404,12 +404,12 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
   lb.weight = P.t(np + "norm.weight");
   lb.dy = TensorView<const T>::device(g1, {R, d.D});
   lb.dx = TensorView<T>::device(dy, {R, d.D});
+  lb.dx_add = TensorView<const T>::device(dout, {R, d.D});  // + the residual path
   lb.dweight = G.g(np + "norm.weight");
   lb.dbias = G.g(np + "norm.bias");
   GECKO_RETURN_IF_ERROR(stage(
       ws, [&](std::size_t& b) { return group_norm::cuda::backward_workspace_size(lb, b); },
       [&](void* p, std::size_t b) { return group_norm::cuda::backward(lb, p, b, st); }));
-  GECKO_RETURN_IF_ERROR(add<T>(ws, dy, dy, dout, R, d.D, st));  // + the residual path
 
   // ---- MEGA: y = wh1(mx) + wh2(attn) + x ----
   // dattn = dy wh2 (into gF1); dmx = dy wh1 (into g1)

@@ -40,6 +40,8 @@ struct BackwardArgs {
   TensorView<const T> weight;   // as in forward
   TensorView<const T> dy;       // [..., C]
   TensorView<T> dx;             // [..., C]
+  TensorView<const T> dx_add;   // [..., C] optional, added to dx before rounding (the gradient of a
+                                // residual branch around the norm); must not overlap dx
   TensorView<acc_t<T>> dweight;  // [C] (required iff weight is given); overwritten, not accumulated
   TensorView<acc_t<T>> dbias;    // [C] (LayerNorm with bias) or empty
 };
@@ -50,7 +52,7 @@ struct Problem {
   std::int64_t channels = 0;
   std::int64_t groups = 1;
   std::int64_t group_size = 0;
-  std::int64_t x_stride = 0, y_stride = 0, dy_stride = 0, dx_stride = 0;
+  std::int64_t x_stride = 0, y_stride = 0, dy_stride = 0, dx_stride = 0, dadd_stride = 0;
 };
 
 namespace detail {
@@ -126,6 +128,11 @@ Status validate(const BackwardArgs<T>& a, Memory where, Problem& p) {
   GECKO_RETURN_IF_ERROR(detail::check_rows(a.x, "x", p.rows, p.channels, where, p.x_stride));
   GECKO_RETURN_IF_ERROR(detail::check_rows(a.dy, "dy", p.rows, p.channels, where, p.dy_stride));
   GECKO_RETURN_IF_ERROR(detail::check_rows(a.dx, "dx", p.rows, p.channels, where, p.dx_stride));
+  if (!a.dx_add.empty()) {
+    GECKO_RETURN_IF_ERROR(detail::check_rows(a.dx_add, "dx_add", p.rows, p.channels, where, p.dadd_stride));
+    if (static_cast<const void*>(a.dx_add.data) == static_cast<const void*>(a.dx.data))
+      return invalid_argument("dx_add must not be dx itself");
+  }
   GECKO_RETURN_IF_ERROR(detail::check_param(a.weight, "weight", p.channels, where));
   GECKO_RETURN_IF_ERROR(detail::check_param(a.dweight, "dweight", p.channels, where));
   GECKO_RETURN_IF_ERROR(detail::check_param(a.dbias, "dbias", p.channels, where));

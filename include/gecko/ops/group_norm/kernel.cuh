@@ -21,8 +21,9 @@ struct RowParams {
   int groups;
   int group_size;
   int lanes_per_group;  // fast path: threads holding one group within a sweep
-  std::int64_t x_stride, y_stride, dy_stride, dx_stride;
+  std::int64_t x_stride, y_stride, dy_stride, dx_stride, dadd_stride;
   float eps;
+  const void* dadd;  // backward: T rows added to dx, or null
 };
 
 template <class T, int VEC>
@@ -175,6 +176,13 @@ __global__ void __launch_bounds__(1024) backward_rows_kernel(RowParams p, const 
         acc_w[i][j] += gv[i][j] * xc * rstd;
         acc_b[i][j] += gv[i][j];
       }
+      if (p.dadd) {
+        float add[VEC];
+        load_as_float<T, VEC>(static_cast<const T*>(p.dadd) + row * p.dadd_stride + (i * blockDim.x + threadIdx.x) * VEC,
+                              add);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) out[j] += add[j];
+      }
       store_from_float<T, VEC>(dx + row * p.dx_stride + (i * blockDim.x + threadIdx.x) * VEC, out);
     }
   }
@@ -262,7 +270,8 @@ __global__ void backward_generic_kernel(RowParams p, const T* __restrict__ x, co
   for (int c = lane; c < p.group_size; c += 32) {
     const float g = to_float(gg[c]) * (w ? to_float(w[c0 + c]) + 1.f : 1.f);
     const float xc = to_float(xg[c]) - mean;
-    dx[row * p.dx_stride + c0 + c] = from_float<T>(rstd * (g - mean_dyw) - r3 * mean_dxc * xc);
+    const float add = p.dadd ? to_float(static_cast<const T*>(p.dadd)[row * p.dadd_stride + c0 + c]) : 0.f;
+    dx[row * p.dx_stride + c0 + c] = from_float<T>(rstd * (g - mean_dyw) - r3 * mean_dxc * xc + add);
   }
   if (stats && lane == 0) stats[item] = make_float2(mean, rstd);
 }

@@ -56,6 +56,7 @@ inline kernels::RowParams row_params(const Problem& p, float eps, int lanes) {
   r.y_stride = p.y_stride;
   r.dy_stride = p.dy_stride;
   r.dx_stride = p.dx_stride;
+  r.dadd_stride = p.dadd_stride;
   r.eps = eps;
   return r;
 }
@@ -111,7 +112,8 @@ Status backward_grid(const Problem& p, const RowPlan& plan, Kind kind, int& grid
 
 template <class T>
 RowPlan plan_backward(const BackwardArgs<T>& a, const Problem& p) {
-  return plan_rows<T>(p, {a.x.data, a.weight.data, a.dy.data, a.dx.data}, {p.x_stride, p.dy_stride, p.dx_stride});
+  return plan_rows<T>(p, {a.x.data, a.weight.data, a.dy.data, a.dx.data, a.dx_add.data},
+                      {p.x_stride, p.dy_stride, p.dx_stride, a.dx_add.empty() ? p.dx_stride : p.dadd_stride});
 }
 
 }  // namespace detail
@@ -180,7 +182,8 @@ Status backward(const BackwardArgs<T>& a, void* workspace, std::size_t workspace
     return Status::success();
   }
   const auto plan = detail::plan_backward(a, p);
-  const auto rp = detail::row_params(p, a.eps, plan.lanes_per_group);
+  auto rp = detail::row_params(p, a.eps, plan.lanes_per_group);
+  rp.dadd = a.dx_add.data;
   const unsigned col_blocks = static_cast<unsigned>((p.channels + 255) / 256);
   if (plan.items) {
     int grid = 0;

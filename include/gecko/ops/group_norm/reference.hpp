@@ -86,7 +86,8 @@ Status backward(const BackwardArgs<T>& a) {
         const double xc = to_double(x[i]) - s.mean;
         const double d = to_double(dy[i]);
         const double w = detail::scale_at(a.weight, i);
-        dx[i] = from_double<T>(s.rstd * (w * d - mean_dyw) - r3 * mean_dyw_xc * xc);
+        const double add = a.dx_add.empty() ? 0.0 : to_double(a.dx_add.data[r * p.dadd_stride + i]);
+        dx[i] = from_double<T>(s.rstd * (w * d - mean_dyw) - r3 * mean_dyw_xc * xc + add);
         if (!dw.empty()) dw[i] += d * xc * s.rstd;
         if (!db.empty()) db[i] += d;
       }

@@ -174,25 +174,26 @@ __global__ void __launch_bounds__(kRowThreads) chunk_softmax_grad_kernel(ChunkRo
 }
 
 // In-place transpose of RoPE on gradients: for heads h < n_rope, (g0, g1) at pair i of row
-// (b, l, h) becomes (c g0 + s g1, -s g0 + c g1), the rotation at position start + l. One thread per
-// pair.
-template <class T>
-__global__ void unrotate_rows_kernel(OutRows<T> g, int L, int n_rope, int d, i64 start, i64 pairs,
+// (b, l, h) becomes (c g0 + s g1, -s g0 + c g1), the rotation at position start + l; done on g1
+// and g2 (dq and dk) in one pass, so each (cos, sin) is computed once. One thread per pair; I as
+// in rope_rows_kernel.
+template <class T, class I>
+__global__ void unrotate_rows_kernel(OutRows<T> g1, OutRows<T> g2, int L, int n_rope, int d, i64 start, I pairs,
                                      const __grid_constant__ Theta theta) {
   const int half = d / 2;
-  for (i64 idx = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x; idx < pairs;
-       idx += static_cast<i64>(gridDim.x) * blockDim.x) {
-    const int i = static_cast<int>(idx % half);
-    const i64 row = idx / half;
-    const int h = static_cast<int>(row % n_rope);
-    const i64 bl = row / n_rope;
-    const int l = static_cast<int>(bl % L), b = static_cast<int>(bl / L);
-    T* p = g.at(b, l, h) + 2 * i;
-    const float g0 = to_float(p[0]), g1 = to_float(p[1]);
+  for (I idx = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; idx < pairs;
+       idx += static_cast<I>(gridDim.x) * blockDim.x) {
+    const RopePair q = rope_pair(idx, half, n_rope, L);
     float c, s;
-    rope_cos_sin(start + l, theta.v[i], c, s);
-    p[0] = from_float<T>(c * g0 + s * g1);
-    p[1] = from_float<T>(-s * g0 + c * g1);
+    rope_cos_sin(start + q.l, theta.v[q.i], c, s);
+    const OutRows<T>* gs[2] = {&g1, &g2};
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      T* p = gs[k]->at(q.b, q.l, q.h) + 2 * q.i;
+      const float x0 = to_float(p[0]), x1 = to_float(p[1]);
+      p[0] = from_float<T>(c * x0 + s * x1);
+      p[1] = from_float<T>(-s * x0 + c * x1);
+    }
   }
 }
 

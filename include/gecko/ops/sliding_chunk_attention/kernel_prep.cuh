@@ -11,20 +11,42 @@ struct Theta {
   float v[kMaxPairs];
 };
 
+// Rotation pair idx of the rows (b, l, h < n_rope), pairs of a row consecutive. I is the index
+// type: int when the launch's pair count fits, which keeps the divisions 32-bit (64-bit integer
+// division costs several times more than the rotation itself).
+// Largest pair count the int instantiations take: the grid-stride loop (grids of at most 65536
+// CTAs of 256 threads) must not overflow the index.
+constexpr i64 kMaxInt32Pairs = 0x7fffffffLL - 65536LL * 256;
+
+struct RopePair {
+  int b, l, h, i;
+  i64 row;  // (b * L + l) * n_rope + h
+};
+template <class I>
+__device__ __forceinline__ RopePair rope_pair(I idx, int half, int n_rope, int L) {
+  RopePair r;
+  r.i = static_cast<int>(idx % half);
+  const I row = idx / half;
+  r.row = row;
+  r.h = static_cast<int>(row % n_rope);
+  const I bl = row / n_rope;
+  r.l = static_cast<int>(bl % L);
+  r.b = static_cast<int>(bl / L);
+  return r;
+}
+
 // y[b, l, h, :] = rope(x[b, l, h, :]) at position start + l for heads h < n_rope, written densely
 // as [B, L, n_rope, d]. One thread per rotation pair.
-template <class T>
-__global__ void rope_rows_kernel(Rows<T> x, T* __restrict__ y, int L, int n_rope, int d, i64 start, i64 pairs,
+template <class T, class I>
+__global__ void rope_rows_kernel(Rows<T> x, T* __restrict__ y, int L, int n_rope, int d, i64 start, I pairs,
                                  const __grid_constant__ Theta theta) {
   const int half = d / 2;
-  for (i64 idx = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x; idx < pairs;
-       idx += static_cast<i64>(gridDim.x) * blockDim.x) {
-    const int i = static_cast<int>(idx % half);
-    const i64 row = idx / half;  // (b, l, h) with h < n_rope
-    const int h = static_cast<int>(row % n_rope);
-    const i64 bl = row / n_rope;
-    const int l = static_cast<int>(bl % L), b = static_cast<int>(bl / L);
-    const T* src = x.at(b, l, h) + 2 * i;
+  for (I idx = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; idx < pairs;
+       idx += static_cast<I>(gridDim.x) * blockDim.x) {
+    const RopePair q = rope_pair(idx, half, n_rope, L);
+    const int i = q.i, l = q.l;
+    const i64 row = q.row;
+    const T* src = x.at(q.b, l, q.h) + 2 * i;
     const float x0 = to_float(src[0]), x1 = to_float(src[1]);
     float c, s;
     rope_cos_sin(start + l, theta.v[i], c, s);

@@ -302,8 +302,13 @@ Status rope_rows(const TensorView<const T>& x, T* y, const Problem& p, const ker
   const i64 pairs = p.batch * p.length * p.n_rope_heads * (p.dk / 2);
   if (pairs == 0) return Status::success();
   const int grid = static_cast<int>(std::min<i64>((pairs + 255) / 256, 65536));
-  kernels::rope_rows_kernel<T><<<grid, 256, 0, stream>>>(rows_of(x), y, static_cast<int>(p.length), p.n_rope_heads,
-                                                         static_cast<int>(p.dk), start, pairs, th);
+  if (pairs <= kernels::kMaxInt32Pairs)  // 32-bit index math (kernel_prep.cuh, rope_pair)
+    kernels::rope_rows_kernel<T, int><<<grid, 256, 0, stream>>>(rows_of(x), y, static_cast<int>(p.length),
+                                                                p.n_rope_heads, static_cast<int>(p.dk), start,
+                                                                static_cast<int>(pairs), th);
+  else
+    kernels::rope_rows_kernel<T, i64><<<grid, 256, 0, stream>>>(rows_of(x), y, static_cast<int>(p.length),
+                                                                p.n_rope_heads, static_cast<int>(p.dk), start, pairs, th);
   return last_launch_status("sliding_chunk_attention rope pre-pass");
 }
 

@@ -519,12 +519,15 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
   if (p.n_rope_heads > 0) {
     const kernels::i64 pairs = p.batch * p.length * p.n_rope_heads * (p.dk / 2);
     const int grid = static_cast<int>(std::min<kernels::i64>((pairs + 255) / 256, 65536));
-    for (const TensorView<T>* g : {&a.dq, &a.dk}) {
-      kernels::unrotate_rows_kernel<T><<<grid, 256, 0, stream>>>(detail::out_rows_of(*g), static_cast<int>(p.length),
-                                                                 p.n_rope_heads, static_cast<int>(p.dk), a.rope.start,
-                                                                 pairs, th);
-      GECKO_RETURN_IF_ERROR(last_launch_status("sliding_chunk_attention RoPE transpose on dq/dk"));
-    }
+    const auto gq = detail::out_rows_of(a.dq), gk = detail::out_rows_of(a.dk);
+    const int L = static_cast<int>(p.length), d = static_cast<int>(p.dk);
+    if (pairs <= kernels::kMaxInt32Pairs)
+      kernels::unrotate_rows_kernel<T, int><<<grid, 256, 0, stream>>>(gq, gk, L, p.n_rope_heads, d, a.rope.start,
+                                                                      static_cast<int>(pairs), th);
+    else
+      kernels::unrotate_rows_kernel<T, kernels::i64>
+          <<<grid, 256, 0, stream>>>(gq, gk, L, p.n_rope_heads, d, a.rope.start, pairs, th);
+    GECKO_RETURN_IF_ERROR(last_launch_status("sliding_chunk_attention RoPE transpose on dq/dk"));
   }
   return Status::success();
 }

@@ -194,32 +194,47 @@ struct StatsParams {
   Docs docs;
 };
 
-// One CTA per (b, h), one thread per feature: absorb step a (step j = a + j0, chunk j - 1).
-template <int kUnused = 0>  // a template: header-defined kernels must not clash at link time
-__global__ void __launch_bounds__(kThreads) stats_kernel(const __grid_constant__ StatsParams p) {
-  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H, i = threadIdx.x;
-  float A = -INFINITY;
-  if (i < p.dk && p.log_norm) A = p.log_norm[b * p.ln_sb + h * p.ln_sh + i];
-  for (int a = 0; a < p.nabs; ++a) {
+// The statistics run as two kernels: stats_ell_kernel reduces every absorb step's column
+// statistics to ℓ in parallel (one CTA per (b, h, step), one thread per feature), then
+// stats_kernel runs only the dk-sized recurrence over the steps (reading ℓ). A single kernel doing
+// both, one CTA per (b, h), left all but B * H CTAs of the GPU idle while each thread walked
+// nabs * C / 64 column statistics in sequence.
+template <int kUnused = 0>
+__global__ void __launch_bounds__(kThreads) stats_ell_kernel(const __grid_constant__ StatsParams p) {
+  const int a = blockIdx.x % p.nabs, bh = blockIdx.x / p.nabs, b = bh / p.H, h = bh % p.H, i = threadIdx.x;
+  if (h == 0 && i == 0) {
     const int j = a + p.j0;
     std::int64_t s2 = 0, s1 = 0;
     const bool reset = p.docs.last(b, j - 2, s2) && p.docs.last(b, j - 1, s1) && s2 != s1;
-    if (h == 0 && i == 0) p.resets[b * p.nabs + a] = reset ? 1 : 0;
-    if (i >= p.dk) continue;
+    p.resets[b * p.nabs + a] = reset ? 1 : 0;
+  }
+  if (i >= p.dk) return;
+  const float2* ks = p.kstat + (static_cast<std::int64_t>(bh) * p.nabs + a) * p.kbn * p.dk + i;
+  float m = -INFINITY;
+  for (int k = 0; k < p.kbn; ++k) m = fmaxf(m, ks[k * p.dk].x);
+  float s = 0.f;
+  for (int k = 0; k < p.kbn; ++k) {
+    const float2 v = ks[k * p.dk];
+    if (v.x != -INFINITY) s += v.y * expf(v.x - m);
+  }
+  p.ell[(static_cast<std::int64_t>(bh) * p.nabs + a) * p.dk + i] = m + logf(s);  // finite: the chunk's
+                                                                                 // last token is never masked
+}
+
+// One CTA per (b, h), one thread per feature: absorb step a (step j = a + j0, chunk j - 1), from
+// the ℓ and resets of stats_ell_kernel.
+template <int kUnused = 0>  // a template: header-defined kernels must not clash at link time
+__global__ void __launch_bounds__(kThreads) stats_kernel(const __grid_constant__ StatsParams p) {
+  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H, i = threadIdx.x;
+  if (i >= p.dk) return;
+  float A = p.log_norm ? p.log_norm[b * p.ln_sb + h * p.ln_sh + i] : -INFINITY;
+  for (int a = 0; a < p.nabs; ++a) {
+    const bool reset = p.resets[b * p.nabs + a] != 0;
     const std::int64_t row = (static_cast<std::int64_t>(bh) * p.nabs + a) * p.dk + i;
-    const float2* ks = p.kstat + (static_cast<std::int64_t>(bh) * p.nabs + a) * p.kbn * p.dk + i;
-    float m = -INFINITY;
-    for (int k = 0; k < p.kbn; ++k) m = fmaxf(m, ks[k * p.dk].x);
-    float s = 0.f;
-    for (int k = 0; k < p.kbn; ++k) {
-      const float2 v = ks[k * p.dk];
-      if (v.x != -INFINITY) s += v.y * expf(v.x - m);
-    }
-    const float ell = m + logf(s);  // the chunk's last token is never masked: finite
+    const float ell = p.ell[row];
     if (reset) A = -INFINITY;
     const float hi = fmaxf(ell, A), lo = fminf(ell, A);
     const float a_new = hi + log1pf(expf(lo - hi));
-    p.ell[row] = ell;
     p.rho[row] = expf(ell - a_new);
     if (p.abar) {
       p.abar[row] = A;
@@ -227,7 +242,7 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(const __grid_constant__
     }
     A = a_new;
   }
-  if (i < p.dk && p.log_norm_out) p.log_norm_out[b * p.lo_sb + h * p.lo_sh + i] = A;
+  if (p.log_norm_out) p.log_norm_out[b * p.lo_sb + h * p.lo_sh + i] = A;
 }
 
 struct KappaParams {

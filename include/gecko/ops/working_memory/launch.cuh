@@ -280,6 +280,10 @@ struct CudaExec {
     return last_launch_status("working_memory feature rows");
   }
   Status stats(const kernels::StatsParams& p, std::int64_t blocks) const {
+    if (p.nabs > 0) {
+      kernels::stats_ell_kernel<><<<static_cast<unsigned>(blocks * p.nabs), kernels::kThreads, 0, stream>>>(p);
+      GECKO_RETURN_IF_ERROR(last_launch_status("working_memory stats (ell)"));
+    }
     kernels::stats_kernel<><<<static_cast<unsigned>(blocks), kernels::kThreads, 0, stream>>>(p);
     return last_launch_status("working_memory stats");
   }

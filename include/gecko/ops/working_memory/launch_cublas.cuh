@@ -13,7 +13,7 @@
 //   G's hi / lo split (kStoreHiLo)      the fp32 product, then split_hilo_kernel
 //   daq / dak (row epilogues)           the products into fp32 accumulators, then
 //                                       row_epilogue_kernel (kernel_row_epilogue.cuh)
-//   anything else (Y, run-time zero flags, and decode-sized problems under 0.1 GFLOP) the engine.
+//   anything else (Y, run-time zero flags, and decode-sized problems: CublasOptions) the engine.
 // Features, statistics and the scans are unchanged, so results differ from launch.cuh's only in
 // the summation order of the products. fp32 keeps the engine throughout.
 #pragma once
@@ -30,6 +30,12 @@
 
 namespace gecko::working_memory::cuda {
 
+struct CublasOptions {
+  // Products under this many FLOPs stay on the engine: at decode sizes one engine launch beats
+  // B * H cuBLASLt calls. (Tests set 0 to send every product to cuBLASLt.)
+  double min_gemm_flops = 1e8;
+};
+
 namespace detail {
 
 struct CublasExec : CudaExec {
@@ -40,9 +46,7 @@ struct CublasExec : CudaExec {
   std::int64_t acc_chunks = 0;  // chunks each set holds per (b, h)
   float* g32 = nullptr;         // fp32 G before its hi / lo split (16-bit T)
   std::size_t g32_floats = 0;
-
-  // Problems smaller than this (in FLOPs) stay on the engine.
-  static constexpr double kMinFlops = 1e8;
+  double min_flops = CublasOptions{}.min_gemm_flops;
 
   static double flops(const kernels::GemmParams& gp, const kernels::GemmProblem& q) {
     int k = 0;
@@ -61,7 +65,7 @@ struct CublasExec : CudaExec {
       rest.nprob = 0;
       for (int i = 0; i < gp.nprob; ++i) {
         const kernels::GemmProblem& q = gp.prob[i];
-        if (flops(gp, q) < kMinFlops) {  // decode-sized: one engine launch beats B * H GEMM calls
+        if (flops(gp, q) < min_flops) {  // decode-sized: one engine launch beats B * H GEMM calls
           rest.prob[rest.nprob++] = q;
           continue;
         }
@@ -243,9 +247,11 @@ Status cublas_plan(const linear::cuda::Context& ctx, const A& a, bool backward, 
   return Status::success();
 }
 
-inline CublasExec make_exec(linear::cuda::Context& ctx, const CublasLayout& l, void* workspace, cudaStream_t stream) {
+inline CublasExec make_exec(linear::cuda::Context& ctx, const CublasLayout& l, void* workspace, cudaStream_t stream,
+                            const CublasOptions& o) {
   char* ws = static_cast<char*>(workspace);
   CublasExec ex;
+  ex.min_flops = o.min_gemm_flops;
   ex.stream = stream;
   ex.ctx = &ctx;
   ex.gemm_ws = ws + l.gemm;
@@ -286,7 +292,7 @@ Status backward_workspace_size(const linear::cuda::Context& ctx, const BackwardA
 // As forward(a, ...) of launch.cuh, with the large products on cuBLASLt.
 template <class T>
 Status forward(linear::cuda::Context& ctx, const ForwardArgs<T>& a, void* workspace, std::size_t workspace_bytes,
-               cudaStream_t stream, const Saved* saved = nullptr) {
+               cudaStream_t stream, const Saved* saved = nullptr, const CublasOptions& o = {}) {
   static_assert(!std::is_same_v<T, double>, "the CUDA working memory takes float, half or bfloat16");
   GECKO_RETURN_IF_ERROR(detail::check_device<T>());
   GECKO_RETURN_IF_ERROR(ctx.check_ready());
@@ -294,14 +300,14 @@ Status forward(linear::cuda::Context& ctx, const ForwardArgs<T>& a, void* worksp
   GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, false, saved != nullptr, l));
   GECKO_RETURN_IF_ERROR(
       linear::cuda::detail::check_workspace(workspace, workspace_bytes, l.total, "working memory forward"));
-  return detail::run_forward<T>(a, workspace, l.own, detail::make_exec(ctx, l, workspace, stream),
+  return detail::run_forward<T>(a, workspace, l.own, detail::make_exec(ctx, l, workspace, stream, o),
                                 saved ? saved->data : nullptr, saved ? saved->bytes : 0);
 }
 
 // As backward(a, ...) of launch.cuh, with the large products on cuBLASLt.
 template <class T>
 Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* workspace, std::size_t workspace_bytes,
-                cudaStream_t stream, const Saved* saved = nullptr) {
+                cudaStream_t stream, const Saved* saved = nullptr, const CublasOptions& o = {}) {
   static_assert(!std::is_same_v<T, double>, "the CUDA working memory takes float, half or bfloat16");
   GECKO_RETURN_IF_ERROR(detail::check_device<T>());
   GECKO_RETURN_IF_ERROR(ctx.check_ready());
@@ -309,7 +315,7 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
   GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, true, saved != nullptr, l));
   GECKO_RETURN_IF_ERROR(
       linear::cuda::detail::check_workspace(workspace, workspace_bytes, l.total, "working memory backward"));
-  return detail::run_backward<T>(a, workspace, l.own, detail::make_exec(ctx, l, workspace, stream),
+  return detail::run_backward<T>(a, workspace, l.own, detail::make_exec(ctx, l, workspace, stream, o),
                                  saved ? saved->data : nullptr, saved ? saved->bytes : 0);
 }
 
