@@ -53,7 +53,9 @@ double forward_flops(const layers::GeckoConfig& c, std::int64_t L) {
   return (proj + sca + awm) * static_cast<double>(L);
 }
 
-void BM_block(benchmark::State& state, bool backward, bool measured) {
+// graph: the step (forward, or forward + backward) is captured once into a CUDA graph and the graph
+// is what gets timed: no host launch or argument-checking time between the kernels.
+void BM_block(benchmark::State& state, bool backward, bool measured, bool graph = false) {
   add_device_context();
   Model& mm = model();
   struct View {
@@ -75,24 +77,47 @@ void BM_block(benchmark::State& state, bool backward, bool measured) {
   layers::cuda::BlockPlan plan;
   throw_if_error(layers::cuda::block_plan(m.ctx, m.cfg, m.params, call, plan));
   DeviceBuffer<char> act(plan.activation_bytes), ws(plan.workspace_bytes);
+  cudaStream_t stream = nullptr;
+  if (graph) check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
   auto fwd = [&] {
     throw_if_error(layers::cuda::block_forward(m.ctx, m.cfg, m.params, call, out.view({B, L, D}), act.data(), act.size(),
-                                               ws.data(), ws.size(), nullptr));
+                                               ws.data(), ws.size(), stream));
   };
   auto bwd = [&] {
     throw_if_error(layers::cuda::block_backward(m.ctx, m.cfg, m.params, m.grads, call,
                                                 TensorView<const T>::device(dout.data(), {B, L, D}),
                                                 dx.view({B, L, D}), act.data(), act.size(), ws.data(), ws.size(),
-                                                nullptr));
+                                                stream));
   };
+  auto step = [&] {
+    fwd();
+    if (backward) bwd();
+  };
+  cudaGraphExec_t exec = nullptr;
+  if (graph) {
+    step();  // creates the cuBLASLt plans (and measures their algorithms) outside the capture
+    check_cuda(cudaStreamSynchronize(stream), "warm-up");
+    cudaGraph_t g = nullptr;
+    // Relaxed: the launchers query kernel attributes while enqueuing (tests/gpu/test_block_gpu.cu).
+    check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+    step();
+    check_cuda(cudaStreamEndCapture(stream, &g), "cudaStreamEndCapture");
+    check_cuda(cudaGraphInstantiate(&exec, g, 0), "cudaGraphInstantiate");
+    check_cuda(cudaGraphDestroy(g), "cudaGraphDestroy");
+  }
   const double flops = forward_flops(m.cfg, L) * (backward ? 3.0 : 1.0);
   run_timed(
       state,
       [&](int) {
-        fwd();
-        if (backward) bwd();
+        if (graph) check_cuda(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+        else step();
       },
-      1, {0, flops});
+      1, {0, flops}, stream);
+  if (graph) {
+    check_cuda(cudaStreamSynchronize(stream), "graph");
+    check_cuda(cudaGraphExecDestroy(exec), "cudaGraphExecDestroy");
+    check_cuda(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  }
   const double ms = state.counters["median_ms"];
   state.counters["tokens/s"] = static_cast<double>(L) / (ms * 1e-3);
   state.counters["MFU_989"] = flops / (ms * 1e-3) / 989.4e12;  // H100 SXM dense bf16 peak
@@ -113,6 +138,8 @@ BENCHMARK_CAPTURE(BM_block, fwd_bf16, false, true)
 BENCHMARK_CAPTURE(BM_block, fwd_bwd_bf16, true, true)
     ->Arg(4096)->Arg(16384)->Arg(32768)->Arg(131072)->ArgName("L")->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_block, fwd_bwd_bf16_heuristic, true, false)
+    ->Arg(4096)->Arg(32768)->ArgName("L")->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_block, fwd_bwd_bf16_graph, true, true, true)
     ->Arg(4096)->Arg(32768)->ArgName("L")->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
 
 }  // namespace

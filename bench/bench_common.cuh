@@ -87,11 +87,13 @@ struct Work {
   double flops = 0;  // useful floating-point operations
 };
 
-// Runs launch(i) (i = rotation index) once per benchmark iteration, timed with events; reports
+// Runs launch(i) (i = rotation index) once per benchmark iteration, timed with events on `stream`
+// (launch enqueues there); reports
 // the median as the iteration time and as rate counters. With GECKO_PROFILE_ONE=1 in the
 // environment, the first timed iteration runs between cudaProfilerStart/Stop, so a profiler started
 // with "--profile-from-start off" (ncu, nsys) sees exactly one warm iteration of each benchmark.
-inline void run_timed(benchmark::State& state, const std::function<void(int)>& launch, int rotations, Work work) {
+inline void run_timed(benchmark::State& state, const std::function<void(int)>& launch, int rotations, Work work,
+                      cudaStream_t stream = nullptr) {
   EventTimer timer;
   for (int i = 0; i < 3; ++i) launch(i % rotations);
   check_cuda(cudaDeviceSynchronize(), "warm-up");
@@ -101,7 +103,7 @@ inline void run_timed(benchmark::State& state, const std::function<void(int)>& l
   const bool profile_one = profile && std::string(profile) == "1";
   for (auto _ : state) {
     if (profile_one && i == 0) check_cuda(cudaProfilerStart(), "cudaProfilerStart");
-    const double m = timer.time_ms([&] { launch(i++ % rotations); });
+    const double m = timer.time_ms([&] { launch(i++ % rotations); }, stream);
     if (profile_one && i == 1) check_cuda(cudaProfilerStop(), "cudaProfilerStop");
     state.SetIterationTime(m * 1e-3);
     ms.push_back(m);
