@@ -57,14 +57,8 @@ double forward_flops(const layers::GeckoConfig& c, std::int64_t L) {
 // is what gets timed: no host launch or argument-checking time between the kernels.
 void BM_block(benchmark::State& state, bool backward, bool measured, bool graph = false) {
   add_device_context();
-  Model& mm = model();
-  struct View {
-    layers::GeckoConfig& cfg;
-    layers::cuda::DeviceParameters<T>& params;
-    layers::cuda::DeviceGradients& grads;
-    linear::cuda::Context& ctx;
-    std::size_t param_bytes;
-  } m{mm.cfg, mm.params, mm.grads, measured ? mm.ctx : mm.ctx_heuristic, mm.param_bytes};
+  Model& m = model();
+  linear::cuda::Context& ctx = measured ? m.ctx : m.ctx_heuristic;
   const std::int64_t B = 1, L = state.range(0), D = m.cfg.model_dim;
   const std::size_t n = static_cast<std::size_t>(B * L * D);
   std::vector<T> host(n);
@@ -75,16 +69,16 @@ void BM_block(benchmark::State& state, bool backward, bool measured, bool graph 
   layers::cuda::BlockCall<T> call;
   call.x = TensorView<const T>::device(x.data(), {B, L, D});
   layers::cuda::BlockPlan plan;
-  throw_if_error(layers::cuda::block_plan(m.ctx, m.cfg, m.params, call, plan));
+  throw_if_error(layers::cuda::block_plan(ctx, m.cfg, m.params, call, plan));
   DeviceBuffer<char> act(plan.activation_bytes), ws(plan.workspace_bytes);
   cudaStream_t stream = nullptr;
   if (graph) check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
   auto fwd = [&] {
-    throw_if_error(layers::cuda::block_forward(m.ctx, m.cfg, m.params, call, out.view({B, L, D}), act.data(), act.size(),
+    throw_if_error(layers::cuda::block_forward(ctx, m.cfg, m.params, call, out.view({B, L, D}), act.data(), act.size(),
                                                ws.data(), ws.size(), stream));
   };
   auto bwd = [&] {
-    throw_if_error(layers::cuda::block_backward(m.ctx, m.cfg, m.params, m.grads, call,
+    throw_if_error(layers::cuda::block_backward(ctx, m.cfg, m.params, m.grads, call,
                                                 TensorView<const T>::device(dout.data(), {B, L, D}),
                                                 dx.view({B, L, D}), act.data(), act.size(), ws.data(), ws.size(),
                                                 stream));
@@ -124,8 +118,8 @@ void BM_block(benchmark::State& state, bool backward, bool measured, bool graph 
   state.counters["activation_GiB"] = plan.activation_bytes / 1073741824.0;
   state.counters["workspace_GiB"] = plan.workspace_bytes / 1073741824.0;
   state.counters["params+grads_GiB"] = m.param_bytes / 1073741824.0;
-  state.counters["measured_gemm_plans"] = static_cast<double>(m.ctx.measured_plans());
-  state.counters["max_measured_gain"] = m.ctx.best_measured_gain();
+  state.counters["measured_gemm_plans"] = static_cast<double>(ctx.measured_plans());
+  state.counters["max_measured_gain"] = ctx.best_measured_gain();
   static const std::map<std::int64_t, std::pair<double, double>> authors = {
       {4096, {7.07, 23.09}}, {16384, {28.81, 92.76}}, {32768, {60.15, 186.89}}};
   auto it = authors.find(L);

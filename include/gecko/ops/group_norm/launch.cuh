@@ -113,7 +113,7 @@ Status backward_grid(const Problem& p, const RowPlan& plan, Kind kind, int& grid
 template <class T>
 RowPlan plan_backward(const BackwardArgs<T>& a, const Problem& p) {
   return plan_rows<T>(p, {a.x.data, a.weight.data, a.dy.data, a.dx.data, a.dx_add.data},
-                      {p.x_stride, p.dy_stride, p.dx_stride, a.dx_add.empty() ? p.dx_stride : p.dadd_stride});
+                      {p.x_stride, p.dy_stride, p.dx_stride, p.dadd_stride});  // 0 without dx_add
 }
 
 }  // namespace detail

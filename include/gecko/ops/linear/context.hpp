@@ -291,8 +291,7 @@ class Context {
     if (!start_) GECKO_CUDA_RETURN(cudaEventCreate(&start_));
     if (!stop_) GECKO_CUDA_RETURN(cudaEventCreate(&stop_));
     const float alpha = g.alpha, beta = g.beta;
-    float best = -1.f;
-    first_ms_ = -1.f;
+    float best = -1.f, first = -1.f;
     for (int i = 0; i < found; ++i) {
       if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
       auto run = [&] {
@@ -308,14 +307,14 @@ class Context {
       GECKO_CUDA_RETURN(cudaEventSynchronize(stop_));
       float ms = 0.f;
       GECKO_CUDA_RETURN(cudaEventElapsedTime(&ms, start_, stop_));
-      if (i == 0) first_ms_ = ms;
+      if (i == 0) first = ms;
       if (best < 0.f || ms < best) {
         best = ms;
         pick = i;
       }
     }
     ++measured_;
-    if (best > 0.f && first_ms_ > 0.f) best_gain_ = std::max(best_gain_, static_cast<double>(first_ms_ / best));
+    if (best > 0.f && first > 0.f) best_gain_ = std::max(best_gain_, static_cast<double>(first / best));
     return Status::success();
   }
 
@@ -342,7 +341,6 @@ class Context {
   void* scratch_ = nullptr;
   std::size_t scratch_bytes_ = 0;
   cudaEvent_t start_ = nullptr, stop_ = nullptr;
-  float first_ms_ = 0.f;
   std::size_t measured_ = 0;
   double best_gain_ = 1.0;
 };

@@ -90,6 +90,16 @@ bool backward_aligned(const BackwardArgs<T>& a) {
          aligned16(a.dv) && aligned16(a.dprev_k) && aligned16(a.dprev_v);
 }
 
+// A [B, H, L] log-sum-exp tensor as the kernels index it (null and zero strides when absent).
+struct LseRows {
+  const float* p = nullptr;
+  i64 sb = 0, sh = 0, sl = 0;
+};
+inline LseRows lse_rows(const TensorView<const float>& t) {
+  if (t.empty()) return {};
+  return LseRows{t.data, t.strides[0], t.strides[1], t.strides[2]};
+}
+
 template <class T>
 kernels::Rows<T> rows_of(const TensorView<const T>& t) {
   kernels::Rows<T> r;
@@ -578,13 +588,7 @@ Status backward_fast(const BackwardArgs<T>& a, const Problem& p, const Plan& pl,
   const int BH = static_cast<int>(p.batch * p.heads);
   // Saved forward results, or a forward of our own.
   kernels::Rows<T> out_rows = detail::rows_of(a.out);
-  const float* lse = a.lse.data;
-  i64 lse_sb = 0, lse_sh = 0, lse_sl = 0;
-  if (!a.lse.empty()) {
-    lse_sb = a.lse.strides[0];
-    lse_sh = a.lse.strides[1];
-    lse_sl = a.lse.strides[2];
-  }
+  detail::LseRows lse = detail::lse_rows(a.lse);
   if (pl.fwd_inside) {
     ForwardArgs<T> f = forward_inputs_of(a);
     T* out_ws = reinterpret_cast<T*>(ws + pl.out_ws);
@@ -593,10 +597,7 @@ Status backward_fast(const BackwardArgs<T>& a, const Problem& p, const Plan& pl,
     f.lse = TensorView<float>::device(lse_ws, {p.batch, p.heads, p.length});
     GECKO_RETURN_IF_ERROR(detail::run_forward(f, p, pl, ws, stream));
     out_rows = detail::rows_of(TensorView<const T>(f.out));
-    lse = lse_ws;
-    lse_sb = p.heads * p.length;
-    lse_sh = p.length;
-    lse_sl = 1;
+    lse = detail::lse_rows(f.lse);
   }
   {
     const i64 rows = p.batch * p.length * p.heads;
@@ -625,10 +626,10 @@ Status backward_fast(const BackwardArgs<T>& a, const Problem& p, const Plan& pl,
   d.qrot = qrot_rows;
   d.dout = detail::rows_of(a.dout);
   d.seg = segs;
-  d.lse = lse;
-  d.lse_sb = lse_sb;
-  d.lse_sh = lse_sh;
-  d.lse_sl = lse_sl;
+  d.lse = lse.p;
+  d.lse_sb = lse.sb;
+  d.lse_sh = lse.sh;
+  d.lse_sl = lse.sl;
   d.D = dbuf;
   detail::fill_theta(a, p, d.theta);
   GECKO_CUDA_RETURN(cudaFuncSetAttribute(kernels::backward_ds_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -661,10 +662,10 @@ Status backward_fast(const BackwardArgs<T>& a, const Problem& p, const Plan& pl,
   v.qrot = qrot_rows;
   v.dout = d.dout;
   v.seg = segs;
-  v.lse = lse;
-  v.lse_sb = lse_sb;
-  v.lse_sh = lse_sh;
-  v.lse_sl = lse_sl;
+  v.lse = lse.p;
+  v.lse_sb = lse.sb;
+  v.lse_sh = lse.sh;
+  v.lse_sl = lse.sl;
   v.grad_v = detail::out_rows_of(a.dv);
   v.accumulate_v = a.accumulate_dv ? 1 : 0;
   v.grad_prev_v = detail::out_rows_of(a.dprev_v);

@@ -409,13 +409,7 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
   // Saved forward results, or a forward of our own (its workspace needs fit inside ours: the
   // forward plan is the backward's without dP, D, out and lse).
   TensorView<const T> out = a.out;
-  const float* lse = a.lse.data;
-  kernels::i64 lse_sb = 0, lse_sh = 0, lse_sl = 0;
-  if (!a.lse.empty()) {
-    lse_sb = a.lse.strides[0];
-    lse_sh = a.lse.strides[1];
-    lse_sl = a.lse.strides[2];
-  }
+  detail::LseRows lse = detail::lse_rows(a.lse);
   if (pl.fwd_inside) {
     ForwardArgs<T> f = forward_inputs_of(a);
     f.out = TensorView<T>::device(reinterpret_cast<T*>(ws + pl.out_ws), {p.batch, p.length, p.heads, p.dv});
@@ -424,10 +418,7 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
     fo.group_bytes = static_cast<std::size_t>(pl.group) * pl.chunk_stride * 4;  // the forward's group fits in S
     GECKO_RETURN_IF_ERROR(forward(ctx, f, ws, pl.out_ws, stream, fo));
     out = f.out;
-    lse = f.lse.data;
-    lse_sb = p.heads * p.length;
-    lse_sh = p.length;
-    lse_sl = 1;
+    lse = detail::lse_rows(f.lse);
   }
   float* dbuf = reinterpret_cast<float*>(ws + pl.dbuf);
   {
@@ -477,10 +468,10 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
         GECKO_RETURN_IF_ERROR(gemm_detail::window_products<T>(st, p, v, dO, p.prev > 0 ? &pv : nullptr, p.dv, 1.f, c0,
                                                               c1, dP, cs));
         kernels::ChunkRows r = gemm_detail::chunk_rows(a, p, S, cs, c0, static_cast<int>(b), static_cast<int>(h));
-        r.lse_in = lse;
-        r.lse_sb = lse_sb;
-        r.lse_sh = lse_sh;
-        r.lse_sl = lse_sl;
+        r.lse_in = lse.p;
+        r.lse_sb = lse.sb;
+        r.lse_sh = lse.sh;
+        r.lse_sl = lse.sl;
         r.dp = dP;
         r.D = dbuf;
         kernels::chunk_softmax_grad_kernel<T>

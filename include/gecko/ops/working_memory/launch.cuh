@@ -521,25 +521,38 @@ Status run_readout(const ForwardArgs<T>& a, const Plan& pl, char* fr, const Exec
   return ex.template gemm<T, true, true, kernels::kStoreT>(gp, "working_memory readout");
 }
 
-// The forward and backward against an executor (CudaExec launches the kernels).
-// With `saved` (saved_bytes of it, from saved_bytes()), the forward keeps there what the backward
-// reads, and a backward given the same region skips recomputing it (full path only).
-template <class T, class Exec>
-Status run_forward(const ForwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, const Exec& ex,
-                   void* saved = nullptr, std::size_t saved_bytes = 0) {
+// The forward and backward against an executor (CudaExec launches the kernels): run_forward /
+// run_backward validate, plan and check a call, the *_planned steps run a planned one.
+// Validates a call and plans it, with a `saved` region (saved_bytes of it, from saved_bytes()) or
+// without (null). what: "forward" or "backward", for the messages.
+template <class T, class A>
+Status plan_call(const A& a, bool backward, const void* saved, std::size_t saved_bytes, const char* what, Plan& pl) {
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
   GECKO_RETURN_IF_ERROR(check_supported(a, p));
-  if (saved && p.tail) return invalid_argument("working memory forward: `saved` is for the full path (L >= chunk)");
-  const Plan pl = make_plan<T>(p, false, saved != nullptr);
-  if (workspace_bytes < pl.bytes || (pl.bytes && !workspace))
-    return invalid_argument("working memory forward needs " + std::to_string(pl.bytes) + " bytes of workspace, got " +
-                            std::to_string(workspace_bytes));
+  if (saved && p.tail)
+    return invalid_argument(std::string("working memory ") + what + ": `saved` is for the full path (L >= chunk)");
+  pl = make_plan<T>(p, backward, saved != nullptr);
   if (saved && saved_bytes < pl.front_bytes)
-    return invalid_argument("working memory forward: `saved` needs " + std::to_string(pl.front_bytes) +
-                            " bytes, got " + std::to_string(saved_bytes));
-  char* ws = static_cast<char*>(workspace);
-  char* fr = saved ? static_cast<char*>(saved) : ws;
+    return invalid_argument(std::string("working memory ") + what + ": `saved` needs " +
+                            std::to_string(pl.front_bytes) + " bytes, got " + std::to_string(saved_bytes));
+  return Status::success();
+}
+
+inline Status check_plan_workspace(const Plan& pl, const void* workspace, std::size_t workspace_bytes,
+                                   const char* what) {
+  if (workspace_bytes < pl.bytes || (pl.bytes && !workspace))
+    return invalid_argument(std::string("working memory ") + what + " needs " + std::to_string(pl.bytes) +
+                            " bytes of workspace, got " + std::to_string(workspace_bytes));
+  return Status::success();
+}
+
+// The forward of a planned call (plan_call; the workspace checked). With `saved`, the forward
+// keeps there what the backward reads, and a backward given the same region skips recomputing it.
+template <class T, class Exec>
+Status run_forward_planned(const ForwardArgs<T>& a, const Plan& pl, char* ws, char* saved, const Exec& ex) {
+  const Problem& p = pl.p;
+  char* fr = saved ? saved : ws;
   const TensorView<float>* mo = p.state_after ? &a.memory_out : nullptr;
   const TensorView<float>* lo = p.state_after ? &a.log_norm_out : nullptr;
   if (p.tail && !p.has_state) {  // the first chunk of a stream: zeros, and maybe the empty state
@@ -551,25 +564,23 @@ Status run_forward(const ForwardArgs<T>& a, void* workspace, std::size_t workspa
   return run_readout(a, pl, fr, ex);
 }
 
-// With `saved` (written by a saving forward of the same inputs), the front is not recomputed.
 template <class T, class Exec>
-Status run_backward(const BackwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, const Exec& ex,
-                    const void* saved = nullptr, std::size_t saved_bytes = 0) {
+Status run_forward(const ForwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, const Exec& ex,
+                   void* saved = nullptr, std::size_t saved_bytes = 0) {
+  Plan pl;
+  GECKO_RETURN_IF_ERROR(plan_call<T>(a, false, saved, saved_bytes, "forward", pl));
+  GECKO_RETURN_IF_ERROR(check_plan_workspace(pl, workspace, workspace_bytes, "forward"));
+  return run_forward_planned<T>(a, pl, static_cast<char*>(workspace), static_cast<char*>(saved), ex);
+}
+
+// The backward of a planned call. With `saved` (written by a saving forward of the same inputs),
+// the front is not recomputed; it is only read (the reverse scan, the products and the epilogues
+// write the workspace's regions and the caller's gradients).
+template <class T, class Exec>
+Status run_backward_planned(const BackwardArgs<T>& a, const Plan& pl, char* ws, const char* saved, const Exec& ex) {
   using namespace kernels;
-  Problem p;
-  GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
-  GECKO_RETURN_IF_ERROR(check_supported(a, p));
-  const Plan pl = make_plan<T>(p, true, saved != nullptr);
-  if (workspace_bytes < pl.bytes || (pl.bytes && !workspace))
-    return invalid_argument("working memory backward needs " + std::to_string(pl.bytes) +
-                            " bytes of workspace, got " + std::to_string(workspace_bytes));
-  if (saved && saved_bytes < pl.front_bytes)
-    return invalid_argument("working memory backward: `saved` needs " + std::to_string(pl.front_bytes) +
-                            " bytes, got " + std::to_string(saved_bytes));
-  char* ws = static_cast<char*>(workspace);
-  // The saved front is only read from here on (the reverse scan, the products and the epilogues
-  // write the workspace's regions and the caller's gradients).
-  char* fr = saved ? static_cast<char*>(const_cast<void*>(saved)) : ws;
+  const Problem& p = pl.p;
+  char* fr = saved ? const_cast<char*>(saved) : ws;
   const std::int64_t B = p.batch, H = p.heads, dk = p.dk, dv = p.dv, C = p.chunk, L = p.length;
   if (!saved) GECKO_RETURN_IF_ERROR(run_front<T>(a, pl, ws, fr, nullptr, nullptr, ex));
 
@@ -732,6 +743,15 @@ Status run_backward(const BackwardArgs<T>& a, void* workspace, std::size_t works
   // The last chunk is never absorbed in this call: its k and v get no gradient here.
   GECKO_RETURN_IF_ERROR(ex.zero_rows(a.dak, L - C, C));
   return ex.zero_rows(a.dv, L - C, C);
+}
+
+template <class T, class Exec>
+Status run_backward(const BackwardArgs<T>& a, void* workspace, std::size_t workspace_bytes, const Exec& ex,
+                    const void* saved = nullptr, std::size_t saved_bytes = 0) {
+  Plan pl;
+  GECKO_RETURN_IF_ERROR(plan_call<T>(a, true, saved, saved_bytes, "backward", pl));
+  GECKO_RETURN_IF_ERROR(check_plan_workspace(pl, workspace, workspace_bytes, "backward"));
+  return run_backward_planned<T>(a, pl, static_cast<char*>(workspace), static_cast<const char*>(saved), ex);
 }
 
 }  // namespace detail

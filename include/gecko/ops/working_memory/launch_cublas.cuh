@@ -209,16 +209,15 @@ inline std::size_t round_up_256(std::size_t b) { return (b + 255) / 256 * 256; }
 // The Context path's workspace: launch.cuh's plan, then (backward, 16-bit T) the two fp32
 // accumulator sets of daq / dak, then the GEMM workspace.
 struct CublasLayout {
-  std::size_t own = 0, acc0 = 0, acc1 = 0, g32 = 0, gemm = 0, total = 0;
+  std::size_t acc0 = 0, acc1 = 0, g32 = 0, gemm = 0, total = 0;
   std::int64_t acc_chunks = 0;
   std::size_t g32_floats = 0;
 };
 
 template <class T>
-CublasLayout cublas_layout(const linear::cuda::Context& ctx, const Problem& p, bool backward, bool with_saved) {
-  const Plan pl = make_plan<T>(p, backward, with_saved && !p.tail);
+CublasLayout cublas_layout(const linear::cuda::Context& ctx, const Plan& pl, bool backward) {
+  const Problem& p = pl.p;
   CublasLayout l;
-  l.own = pl.bytes;
   std::size_t off = round_up_256(pl.bytes);
   if (backward && kTensorCores<T>) {
     l.acc_chunks = std::max(pl.n, pl.nabs);
@@ -228,7 +227,7 @@ CublasLayout cublas_layout(const linear::cuda::Context& ctx, const Problem& p, b
     l.acc1 = off;
     off = round_up_256(off + set);
   }
-  if (kTensorCores<T> && !(backward && with_saved && !p.tail)) {  // a pass that runs the front
+  if (kTensorCores<T> && !(backward && pl.split)) {  // a pass that runs the front
     l.g32_floats = static_cast<std::size_t>(p.batch * p.heads * pl.nabs * p.dk * p.dk);
     l.g32 = off;
     off = round_up_256(off + l.g32_floats * sizeof(float));
@@ -238,12 +237,13 @@ CublasLayout cublas_layout(const linear::cuda::Context& ctx, const Problem& p, b
   return l;
 }
 
+// The layout a call would have (for the size queries: no `saved` region to check yet).
 template <class T, class A>
 Status cublas_plan(const linear::cuda::Context& ctx, const A& a, bool backward, bool with_saved, CublasLayout& l) {
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
   GECKO_RETURN_IF_ERROR(check_supported(a, p));
-  l = cublas_layout<T>(ctx, p, backward, with_saved);
+  l = cublas_layout<T>(ctx, make_plan<T>(p, backward, with_saved && !p.tail), backward);
   return Status::success();
 }
 
@@ -296,12 +296,15 @@ Status forward(linear::cuda::Context& ctx, const ForwardArgs<T>& a, void* worksp
   static_assert(!std::is_same_v<T, double>, "the CUDA working memory takes float, half or bfloat16");
   GECKO_RETURN_IF_ERROR(detail::check_device<T>());
   GECKO_RETURN_IF_ERROR(ctx.check_ready());
-  detail::CublasLayout l;
-  GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, false, saved != nullptr, l));
+  detail::Plan pl;  // validated and planned once
+  GECKO_RETURN_IF_ERROR(
+      detail::plan_call<T>(a, false, saved ? saved->data : nullptr, saved ? saved->bytes : 0, "forward", pl));
+  const detail::CublasLayout l = detail::cublas_layout<T>(ctx, pl, false);
   GECKO_RETURN_IF_ERROR(
       linear::cuda::detail::check_workspace(workspace, workspace_bytes, l.total, "working memory forward"));
-  return detail::run_forward<T>(a, workspace, l.own, detail::make_exec(ctx, l, workspace, stream, o),
-                                saved ? saved->data : nullptr, saved ? saved->bytes : 0);
+  return detail::run_forward_planned<T>(a, pl, static_cast<char*>(workspace),
+                                        saved ? static_cast<char*>(saved->data) : nullptr,
+                                        detail::make_exec(ctx, l, workspace, stream, o));
 }
 
 // As backward(a, ...) of launch.cuh, with the large products on cuBLASLt.
@@ -311,12 +314,15 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
   static_assert(!std::is_same_v<T, double>, "the CUDA working memory takes float, half or bfloat16");
   GECKO_RETURN_IF_ERROR(detail::check_device<T>());
   GECKO_RETURN_IF_ERROR(ctx.check_ready());
-  detail::CublasLayout l;
-  GECKO_RETURN_IF_ERROR(detail::cublas_plan<T>(ctx, a, true, saved != nullptr, l));
+  detail::Plan pl;  // validated and planned once
+  GECKO_RETURN_IF_ERROR(
+      detail::plan_call<T>(a, true, saved ? saved->data : nullptr, saved ? saved->bytes : 0, "backward", pl));
+  const detail::CublasLayout l = detail::cublas_layout<T>(ctx, pl, true);
   GECKO_RETURN_IF_ERROR(
       linear::cuda::detail::check_workspace(workspace, workspace_bytes, l.total, "working memory backward"));
-  return detail::run_backward<T>(a, workspace, l.own, detail::make_exec(ctx, l, workspace, stream, o),
-                                 saved ? saved->data : nullptr, saved ? saved->bytes : 0);
+  return detail::run_backward_planned<T>(a, pl, static_cast<char*>(workspace),
+                                         saved ? static_cast<const char*>(saved->data) : nullptr,
+                                         detail::make_exec(ctx, l, workspace, stream, o));
 }
 
 }  // namespace gecko::working_memory::cuda
