@@ -5,11 +5,14 @@
 // beside this binary in the same device session (bench/llama2_block.py). The main rows let the
 // linear Context time cuBLASLt's candidate algorithms per shape (AlgoChoice::kMeasured, chosen
 // during the warm-up); the *_heuristic rows keep the heuristic's first choice, for comparison.
+// The decode rows stream one token at a time through the block, or through the MEGA layer alone
+// (the authors' MEGA decode step: 1.0 ms), after a prefill of `context` tokens.
 #include <map>
 
 #include "bench_common.cuh"
 #include "gecko/layers/block/args.hpp"
 #include "gecko/layers/cuda/block.cuh"
+#include "gecko/layers/cuda/stream.cuh"
 #include "gecko/layers/init.hpp"
 
 namespace gecko::bench {
@@ -126,6 +129,41 @@ void BM_block(benchmark::State& state, bool backward, bool measured, bool graph 
   if (it != authors.end())
     state.counters["speedup_vs_authors"] = (backward ? it->second.second : it->second.first) / ms;
 }
+
+// Decode: prefill `context` tokens (whole chunks), then time one-token steps in groups of kSteps,
+// host launches included. 3 warm-up groups + 29 timed ones are one chunk's worth of steps, so the
+// attention cache grows from C to 2C - 1 over the run and the median group sits near 1.5 C.
+void BM_decode(benchmark::State& state, layers::cuda::StreamLayers layers) {
+  add_device_context();
+  Model& m = model();
+  constexpr int kSteps = 64;
+  const std::int64_t B = 1, context = state.range(0), D = m.cfg.model_dim, C = m.cfg.chunk_size;
+  layers::cuda::BlockStream<T> s;
+  throw_if_error(s.init(m.cfg, B, layers));
+  DeviceBuffer<T> x(static_cast<std::size_t>(C * D)), out(static_cast<std::size_t>(C * D));
+  fill_bf16(x.data(), x.size(), 7, 1.f);
+  for (std::int64_t p = 0; p < context; p += C)
+    throw_if_error(s.forward(m.ctx, m.params, TensorView<const T>::device(x.data(), {B, C, D}), {},
+                             out.view({B, C, D}), nullptr));
+  run_timed(
+      state,
+      [&](int) {
+        for (int i = 0; i < kSteps; ++i)
+          throw_if_error(s.forward(m.ctx, m.params, TensorView<const T>::device(x.data(), {B, 1, D}), {},
+                                   out.view({B, 1, D}), nullptr));
+      },
+      1, {});
+  state.counters["step_ms"] = state.counters["median_ms"] / kSteps;
+  state.counters["context"] = static_cast<double>(context);
+  state.counters["end_position"] = static_cast<double>(s.position());
+  state.counters["state_MiB"] = s.state_bytes() / 1048576.0;
+  if (layers == layers::cuda::StreamLayers::kMega) state.counters["speedup_vs_authors"] = 1.0 / state.counters["step_ms"];
+}
+
+BENCHMARK_CAPTURE(BM_decode, block_bf16, layers::cuda::StreamLayers::kBlock)
+    ->Arg(4096)->Arg(65536)->ArgName("context")->UseManualTime()->Iterations(29)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_decode, mega_bf16, layers::cuda::StreamLayers::kMega)
+    ->Arg(4096)->Arg(65536)->ArgName("context")->UseManualTime()->Iterations(29)->Unit(benchmark::kMillisecond);
 
 BENCHMARK_CAPTURE(BM_block, fwd_bf16, false, true)
     ->Arg(4096)->Arg(16384)->Arg(32768)->Arg(131072)->ArgName("L")->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);

@@ -133,6 +133,10 @@ class TimingExec {
   Status zero_rows(const TensorView<T>& t, std::int64_t r0, std::int64_t rows) const {
     return timed("zero_rows", [&] { return base_.zero_rows<T>(t, r0, rows); });
   }
+  template <class T>
+  Status decode_read(const working_memory::kernels::DecodeParams& p) const {
+    return timed("decode_read", [&] { return base_.decode_read<T>(p); });
+  }
 
  private:
   template <class F>

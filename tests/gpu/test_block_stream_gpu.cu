@@ -25,13 +25,53 @@ ParameterSet make_params(const GeckoConfig& c) { return test::perturbed_block_pa
 // Prefill chunk, pieces of a chunk, decode steps, a piece that ends a chunk, two chunks at once.
 const std::vector<I64> kCalls = {64, 5, 20, 39, 1, 1, 1, 61, 128, 1, 3, 1};
 
+// The MEGA layer's own parameters: the block's "mega." tensors without the prefix.
+ParameterSet mega_params(const ParameterSet& block_params) {
+  ParameterSet m;
+  for (const auto& n : block_params.names()) {
+    if (n.rfind(block::kMegaPrefix, 0) != 0) continue;
+    const HostTensor* t = block_params.find(n);
+    const std::string name = n.substr(block::kMegaPrefix.size());
+    m.add(name, t->shape);
+    m.find(name)->data = t->data;
+  }
+  return m;
+}
+
+// The CPU stream a GPU stream is checked against: the block, or the MEGA layer alone.
+struct CpuStream {
+  bool mega = false;
+  ParameterSet params;
+  block::State block_state;
+  mega::State mega_state;
+
+  Status forward(const GeckoConfig& c, TensorView<const double> x, TensorView<const std::uint8_t> bos,
+                 TensorView<double> out) {
+    if (mega) {
+      mega::ForwardArgs<double> a;
+      a.x = x;
+      a.bos_mask = bos;
+      a.out = out;
+      return mega::cpu::forward(c, params, a, &mega_state);
+    }
+    block::ForwardArgs<double> a;
+    a.x = x;
+    a.bos_mask = bos;
+    a.out = out;
+    return block::cpu::forward(c, params, a, &block_state);
+  }
+  I64 cached() const { return mega ? mega_state.cached : block_state.cached; }
+};
+
 template <class T>
-void run_stream(double tol) {
+void run_stream(double tol, layers::cuda::StreamLayers layers) {
   const GeckoConfig c = small_config();
   const I64 B = 2, D = c.model_dim;
   I64 total = 0;
   for (I64 l : kCalls) total += l;
   CAPTURE(test::type_label<T>());
+  const bool mega_only = layers == layers::cuda::StreamLayers::kMega;
+  CAPTURE(mega_only);
   const auto params = make_params(c);
   auto xh = test::random_vector<T>(B * total * D, 31, -2, 2);
   std::vector<std::uint8_t> bos(B * total, 0);
@@ -43,9 +83,11 @@ void run_stream(double tol) {
   layers::cuda::DeviceParameters<T> P;
   REQUIRE(P.upload(params).ok());
   layers::cuda::BlockStream<T> gs;
-  REQUIRE(gs.init(c, B).ok());
+  REQUIRE(gs.init(c, B, layers).ok());
   const std::size_t state_bytes = gs.state_bytes();
-  block::State cs;
+  CpuStream cs;
+  cs.mega = mega_only;
+  cs.params = mega_only ? mega_params(params) : params;
 
   I64 pos = 0;
   for (I64 L : kCalls) {
@@ -60,11 +102,7 @@ void run_stream(double tol) {
     }
     auto xd = test::widen(xs);
     std::vector<double> ref(B * L * D);
-    block::ForwardArgs<double> fa;
-    fa.x = host_view(xd, {B, L, D});
-    fa.bos_mask = host_view(bs, {B, L});
-    fa.out = host_view(ref, {B, L, D});
-    REQUIRE(block::cpu::forward(c, params, fa, &cs).ok());
+    REQUIRE(cs.forward(c, host_view(xd, {B, L, D}), host_view(bs, {B, L}), host_view(ref, {B, L, D})).ok());
 
     DeviceBuffer<T> x_d, out_d(B * L * D);
     DeviceBuffer<std::uint8_t> b_d;
@@ -78,7 +116,7 @@ void run_stream(double tol) {
     GECKO_CHECK_CLOSE(test::widen(out_d.download()), ref, tol, "stream out");
     pos += L;
     CHECK(gs.position() == pos);
-    CHECK(gs.cached() == cs.cached);
+    CHECK(gs.cached() == cs.cached());
     CHECK(gs.state_bytes() == state_bytes);
   }
 }
@@ -86,8 +124,13 @@ void run_stream(double tol) {
 }  // namespace
 
 TEST_CASE("gpu block stream matches the CPU stream call by call") {
-  run_stream<float>(1e-4);
-  run_stream<__nv_bfloat16>(3e-2);
+  run_stream<float>(1e-4, layers::cuda::StreamLayers::kBlock);
+  run_stream<__nv_bfloat16>(3e-2, layers::cuda::StreamLayers::kBlock);
+}
+
+TEST_CASE("gpu MEGA-layer stream matches the CPU MEGA stream call by call") {
+  run_stream<float>(1e-4, layers::cuda::StreamLayers::kMega);
+  run_stream<__nv_bfloat16>(3e-2, layers::cuda::StreamLayers::kMega);
 }
 
 TEST_CASE("gpu block stream equals one training-path forward over the same tokens") {

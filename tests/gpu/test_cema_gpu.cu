@@ -1,4 +1,4 @@
-// CUDA complex EMA against the CPU reference (double): L = 1, prime and 2^20 lengths, one and
+// CUDA complex EMA against the CPU reference (double): L = 1 and decoding calls, prime and 2^20 lengths, one and
 // many resets, carried state, dh_out (general backward), N in {1, 4, 5, 16, 32, 64}, residual on
 // and off, strided rows, every dtype; bitwise determinism; argument errors.
 #include <doctest/doctest.h>
@@ -250,6 +250,14 @@ void run_suite() {
   Worst worst;
   const Case cases[] = {
       {2, 1, 64, 16, 0.0, true, true, false, false},            // L = 1, carried state
+      // Decoding calls (L <= 8, N a power of two <= 32: one kernel, kernel_decode.cuh) and their
+      // neighbours on the tile path.
+      {2, 5, 64, 16, 0.3, true, true, false, true},             // 5 tokens, resets, BOS at t = 0
+      {3, 8, 33, 8, 0.2, true, false, false, false},            // 8 tokens, N = 8, odd D, no residual
+      {1, 4, 64, 16, 0.0, true, true, false, false, 8},         // strided rows
+      {1, 3, 40, 64, 0.0, true, true, false, false},            // N = 64: the tile path
+      {1, 2, 24, 5, 0.0, true, true, false, false},             // N = 5: the tile path
+      {2, 9, 64, 16, 0.1, true, true, false, false},            // 9 tokens: the tile path
       {3, 997, 200, 16, 0.01, true, true, false, false},        // prime L, partial slab, resets, carried state
       {1, 1031, 96, 4, 0.3, false, true, false, false},         // many resets, N = 4
       {2, 300, 40, 1, 0.02, true, false, false, false},         // N = 1, no residual

@@ -1,4 +1,4 @@
-// cuBLASLt Linear against the CPU reference: awkward shapes (odd M, small K, padded rows, a rank-3
+// cuBLASLt Linear (and its matrix-vector path for at most 4 rows) against the CPU reference: awkward shapes (odd M, small K, padded rows, a rank-3
 // input), every epilogue, pre kept or not, a residual added (its own buffer and stride, or y in
 // place), accumulate on/off, dpre in the workspace / given / in place over dy, every dtype;
 // determinism; the plan cache; bad arguments.
@@ -214,6 +214,13 @@ void run_all() {
       {1, 129, 256, 80, 8, 16, 0},  // M = 129, aligned padding
       {1, 300, 96, 264, 0, 0, 0},   // several column-sum splits
       {2, 19, 48, 40, 0, 0, 0, 1},  // every tensor one element off 16-byte alignment
+      // At most 4 rows: the forward takes the matrix-vector kernel (kernel_gemv.cuh) when K and the
+      // strides suit 16-byte loads, cuBLASLt otherwise.
+      {1, 2, 136, 40, 8, 3, 8},     // two rows, padded rows everywhere
+      {1, 3, 1032, 17, 0, 0, 0},    // three rows, K past one warp step (a ragged last step), odd N
+      {4, 1, 2056, 24, 0, 5, 0},    // four rows as [4, 1, K]
+      {1, 4, 20, 12, 0, 0, 0},      // K = 20: the kernel for fp32, cuBLASLt for 16-bit types
+      {1, 3, 48, 40, 0, 0, 0, 1},   // misaligned: cuBLASLt
   };
   const Epilogue eps[] = {Epilogue::kNone, Epilogue::kBias, Epilogue::kBiasSilu, Epilogue::kSilu};
   std::uint64_t seed = 1000;

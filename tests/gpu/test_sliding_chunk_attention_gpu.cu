@@ -410,6 +410,19 @@ TEST_CASE("gpu sliding chunk attention bf16: tail and decode calls") {
     c.backward = false;
     cases.push_back(c);
   }
+  {  // two queries against 2C - 2 keys at the 7B shapes (4 heads, C = 2048): 63-key blocks
+    Case c;
+    c.C = 2048;
+    c.P = 4094;
+    c.L = 2;
+    c.H = 4;
+    c.dk = 256;
+    c.dv = 2048;
+    c.n_rope = 4;
+    c.start = 4094;
+    c.backward = false;
+    cases.push_back(c);
+  }
   {  // a few queries, several heads, documents
     Case c;
     c.C = 256;

@@ -380,6 +380,9 @@ void tail_suite(linear::cuda::Context* ctx = nullptr) {
       {3, 47, 1, 64, 64, 64, true, true, 81},               // completes a chunk: absorbs chunk -1
       {3, 1, 2, 64, 128, 64, true, true, 69, true},         // decode, no absorb, state in place
       {2, 1, 1, 128, 64, 64, true, false, 127, true},       // decode that completes a chunk, in place
+      // Decoding reads (kernel_decode.cuh): up to 4 tokens, no absorb, the state copied out.
+      {2, 3, 2, 256, 192, 128, true, true, 130},            // 3 tokens, dk 256, documents
+      {1, 4, 1, 192, 64, 64, true, false, 70},              // 4 tokens, dk 192
       {2, 63, 2, 64, 64, 64, true, true, 64},               // partial chunk after a boundary
       {2, 54, 1, 64, 64, 64, false, false, 10},             // first chunk completes: the empty state
       {2, 5, 1, 64, 64, 64, false, true, 0},                // first tokens of a stream: zeros only

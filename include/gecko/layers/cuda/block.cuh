@@ -181,6 +181,8 @@ struct StreamIO {
   // working memory, updated in place; `has_memory` says whether it holds one yet
   bool has_memory = false;
   TensorView<float> memory, log_norm;
+  // Stop after the MEGA layer: `out` receives its output (the feed-forward is skipped).
+  bool mega_only = false;
 };
 
 // The forward: out = block(x). `act` receives what the backward needs.
@@ -330,10 +332,12 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
   ws.rewind(mark);
 
   // y = wh1(mx) + x, then y += wh2(attn): the residual rides in the GEMMs' C operand (beta = 1).
+  T* const y = so && so->mega_only ? out : s.y;
   GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kBias, s.mx, R, d.D, P.t(mp + "wh1.weight"),
-                                          P.t(mp + "wh1.bias"), s.y, d.D, nullptr, st, x));
+                                          P.t(mp + "wh1.bias"), y, d.D, nullptr, st, x));
   GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kNone, s.attn, R, d.E, P.t(mp + "wh2.weight"),
-                                          {}, s.y, d.D, nullptr, st, s.y));
+                                          {}, y, d.D, nullptr, st, y));
+  if (so && so->mega_only) return Status::success();
 
   // Normalized SwiGLU feed-forward: out = fc2(silu(fc1(u)) * fc3(u)) + y, u = layernorm(y).
   group_norm::ForwardArgs<T> ln;

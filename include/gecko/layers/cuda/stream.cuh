@@ -12,6 +12,9 @@
 // boundary (prefill). Document ids (segment_idx) are not supported on this path yet; bos_mask
 // resets are.
 //
+// A stream can also run the MEGA layer alone (StreamLayers::kMega: out is the MEGA layer's output,
+// the feed-forward is skipped), which is what the MEGA decode benchmark times.
+//
 // Each call runs the block's forward (block.cuh) with the state views, then appends the call's
 // keys and values to the cache in place; when the call ends a chunk the cache is cut to the last
 // C tokens into the second cache buffer (one copy per chunk, not per token). Activations and
@@ -81,11 +84,14 @@ __global__ void cache_rows_kernel(T* __restrict__ dst, i64 dst_sb, int dst_row0,
 
 }  // namespace stream_kernels
 
+// Which layers a stream runs: the whole block, or the MEGA layer alone.
+enum class StreamLayers { kBlock, kMega };
+
 template <class T>
 class BlockStream {
  public:
   // Allocates the state of `batch` sequences for config c (fixed size whatever the stream length).
-  Status init(const GeckoConfig& c, std::int64_t batch) {
+  Status init(const GeckoConfig& c, std::int64_t batch, StreamLayers layers = StreamLayers::kBlock) {
     GECKO_RETURN_IF_ERROR(validate(c));
     if (batch < 1) return invalid_argument("BlockStream::init: batch must be >= 1, got " + std::to_string(batch));
     if (c.timenorm_beta_precision != timestep_norm::BetaPrecision::kExact)
@@ -95,6 +101,7 @@ class BlockStream {
                          std::to_string(2 * sliding_chunk_attention::kernels::kMaxPairs));
     c_ = c;
     B_ = batch;
+    layers_ = layers;
     sizes_.clear();
     const std::size_t B = static_cast<std::size_t>(batch), G = c.timenorm_num_groups, D = c.model_dim;
     const std::size_t H = c.num_heads, dz = c.z_head_dim(), dv = c.v_head_dim(), cap = 2 * c.chunk_size;
@@ -216,6 +223,7 @@ class BlockStream {
     so.has_memory = has_memory_;
     so.memory = TensorView<float>::device(memory_.data(), {B, H, dz, dv});
     so.log_norm = TensorView<float>::device(log_norm_.data(), {B, H, dz});
+    so.mega_only = layers_ == StreamLayers::kMega;
     return so;
   }
 
@@ -273,6 +281,7 @@ class BlockStream {
   GeckoConfig c_;
   std::int64_t B_ = 0, position_ = 0, cached_ = 0;
   bool has_memory_ = false;
+  StreamLayers layers_ = StreamLayers::kBlock;
   int cur_ = 0, tn_ = 0;
   DeviceBuffer<std::int64_t> count_[2];
   DeviceBuffer<float> mean_[2], var_[2];

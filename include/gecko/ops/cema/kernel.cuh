@@ -240,8 +240,32 @@ __device__ __forceinline__ Lane make_lane(const Tiling& tl, int b, int c0) {
 
 // ---- coefficients -----------------------------------------------------------------------------
 
-// p, q, g and q^kTileTokens per (d, n), from the raw parameters, in double then rounded once.
-// p is clamped to >= 1e-30 so that the forward's scaled state h / p stays finite.
+// q (qg.xy), p g (qg.zw), g (gp.xy) and p (gp.z) of state (d, n), from the raw parameters, in
+// double then rounded once. p is clamped to >= 1e-30 so that the forward's scaled state h / p stays
+// finite. Shared by coefficient_kernel and the decode kernel (kernel_decode.cuh), so both paths use
+// bit-identical coefficients.
+__device__ __forceinline__ void coefficients_at(const float* __restrict__ alpha, const float* __restrict__ delta,
+                                                const float* __restrict__ theta, const float* __restrict__ gamma,
+                                                int d, int n, int N, float4& qg, float4& gp, double* phi_out = nullptr,
+                                                double* rho_out = nullptr) {
+  const long long i = static_cast<long long>(d) * N + n;
+  const double kPi = 3.14159265358979323846;
+  const double sa = 1.0 / (1.0 + exp(-static_cast<double>(alpha[i])));
+  const double sd = 1.0 / (1.0 + exp(-static_cast<double>(delta[i])));
+  const double st = 1.0 / (1.0 + exp(-static_cast<double>(theta[d])));
+  const double phi = static_cast<double>(n + 1) * (2.0 * kPi / N) * st;
+  const double rho = 1.0 - sa * sd;
+  double sn, cs;
+  sincos(phi, &sn, &cs);
+  const float p = fmaxf(static_cast<float>(sa), 1e-30f);
+  const float gr = gamma[2 * i], gi = gamma[2 * i + 1];
+  qg = make_float4(static_cast<float>(rho * cs), static_cast<float>(rho * sn), p * gr, p * gi);
+  gp = make_float4(gr, gi, p, 0.f);
+  if (phi_out) *phi_out = phi;
+  if (rho_out) *rho_out = rho;
+}
+
+// The coefficients of every (d, n) and q^kTileTokens (pw), for the tile kernels.
 // A template only so that the definition may appear in several translation units.
 template <int kUnused = 0>
 __global__ void coefficient_kernel(const float* __restrict__ alpha, const float* __restrict__ delta,
@@ -250,20 +274,14 @@ __global__ void coefficient_kernel(const float* __restrict__ alpha, const float*
   const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<long long>(D) * N) return;
   const int d = static_cast<int>(i / N), n = static_cast<int>(i - static_cast<long long>(d) * N);
-  const double kPi = 3.14159265358979323846;
-  const double sa = 1.0 / (1.0 + exp(-static_cast<double>(alpha[i])));
-  const double sd = 1.0 / (1.0 + exp(-static_cast<double>(delta[i])));
-  const double st = 1.0 / (1.0 + exp(-static_cast<double>(theta[d])));
-  const double phi = static_cast<double>(n + 1) * (2.0 * kPi / N) * st;
-  const double rho = 1.0 - sa * sd;
-  double sn, cs, sn_t, cs_t;
-  sincos(phi, &sn, &cs);
+  double phi = 0.0, rho = 0.0;
+  float4 q, g;
+  coefficients_at(alpha, delta, theta, gamma, d, n, N, q, g, &phi, &rho);
+  qg[i] = q;
+  gp[i] = g;
+  double sn_t, cs_t;
   sincos(phi * kTileTokens, &sn_t, &cs_t);
   const double rho_t = pow(rho, static_cast<double>(kTileTokens));
-  const float p = fmaxf(static_cast<float>(sa), 1e-30f);
-  const float gr = gamma[2 * i], gi = gamma[2 * i + 1];
-  qg[i] = make_float4(static_cast<float>(rho * cs), static_cast<float>(rho * sn), p * gr, p * gi);
-  gp[i] = make_float4(gr, gi, p, 0.f);
   pw[i] = make_float2(static_cast<float>(rho_t * cs_t), static_cast<float>(rho_t * sn_t));
 }
 
@@ -353,6 +371,9 @@ __device__ __forceinline__ void forward_pass2(T* xs, const unsigned char* bs, in
     }
     float yv = channel_sum((acc[0] + acc[1]) + (acc[2] + acc[3]), tpc);
     if (residual) yv += xv;
+    // The channel's other lanes read this element before the shuffle above; the barrier makes
+    // that order explicit (compute-sanitizer's racecheck does not see shuffles as one).
+    if (tpc > 1) __syncwarp();
     if (writer) xs[r * dc + c] = from_float<T>(yv);
   }
 }
@@ -605,6 +626,9 @@ __device__ __forceinline__ void backward_pass2_fast(const T* xs, T* gs, const un
     }
     float v = channel_sum((acc[0] + acc[1]) + (acc[2] + acc[3]), tpc);
     if (residual) v += dyv;
+    // The channel's other lanes read this element before the shuffle above; the barrier makes
+    // that order explicit (compute-sanitizer's racecheck does not see shuffles as one).
+    if (tpc > 1) __syncwarp();
     if (writer) gs[r * dc + c] = from_float<T>(v);
   }
 }
@@ -651,6 +675,9 @@ __device__ __forceinline__ void backward_pass2_general(const T* xs, T* gs, const
     }
     float v = channel_sum((acc[0] + acc[1]) + (acc[2] + acc[3]), tpc);
     if (residual) v += dyv;
+    // The channel's other lanes read this element before the shuffle above; the barrier makes
+    // that order explicit (compute-sanitizer's racecheck does not see shuffles as one).
+    if (tpc > 1) __syncwarp();
     if (writer) gs[r * dc + c] = from_float<T>(v);
   }
 }

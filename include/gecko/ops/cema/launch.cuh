@@ -9,7 +9,9 @@
 // 8 * N bytes per kTileTokens tokens and channel: 1/2 of a bf16 activation at N = 16; in the
 // workspace when no Saved is given). The backward reads it for the terms of dq and dg that involve
 // the state entering each tile, so that it runs entirely in reverse time without recomputing any
-// state. See kernel.cuh for the algorithm. Workspace needs no initialisation.
+// state. See kernel.cuh for the algorithm. Workspace needs no initialisation. A forward of at most
+// kernels::kDecodeTokens tokens with N a power of two <= 32 (decoding) runs as one kernel instead
+// (kernel_decode.cuh), with the same results and the same Saved state.
 #pragma once
 
 #include <algorithm>
@@ -23,6 +25,7 @@
 #include "gecko/core/launch_util.cuh"
 #include "gecko/ops/cema/args.hpp"
 #include "gecko/ops/cema/kernel.cuh"
+#include "gecko/ops/cema/kernel_decode.cuh"
 
 namespace gecko::cema::cuda {
 
@@ -250,6 +253,30 @@ Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std
       }
     }
     return Status::success();
+  }
+  if (p.length <= kernels::kDecodeTokens && p.states <= 32 && (p.states & (p.states - 1)) == 0) {
+    kernels::DecodeParams dp;
+    dp.B = static_cast<int>(p.batch);
+    dp.L = static_cast<int>(p.length);
+    dp.D = static_cast<int>(p.channels);
+    dp.N = static_cast<int>(p.states);
+    dp.alpha = a.alpha.data;
+    dp.delta = a.delta.data;
+    dp.theta = a.theta.data;
+    dp.gamma = a.gamma.data;
+    dp.bos = a.bos_mask.data;
+    dp.x_sb = a.x.stride(0);
+    dp.x_sl = a.x.stride(1);
+    dp.y_sb = a.y.stride(0);
+    dp.y_sl = a.y.stride(1);
+    dp.add_residual = a.add_residual;
+    dp.h0 = reinterpret_cast<const float2*>(a.h0.data);
+    dp.h_out = reinterpret_cast<float2*>(a.h_out.data);
+    dp.state = in_ws ? nullptr : reinterpret_cast<float2*>(saved.states.data);
+    const long long total = static_cast<long long>(p.batch) * p.channels * p.states;
+    kernels::forward_decode_kernel<T><<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(dp, a.x.data,
+                                                                                                   a.y.data);
+    return last_launch_status("cema forward (decode)");
   }
   char* ws = static_cast<char*>(workspace);
   kernels::ForwardParams kp{};

@@ -90,6 +90,10 @@ class Context {
   }
 
   AlgoChoice algo_choice() const { return choice_; }
+  // Whether forwards of at most 4 rows take the matrix-vector kernel (linear/kernel_gemv.cuh;
+  // the default) or cuBLASLt like every other shape (for comparison).
+  void set_small_rows_kernel(bool on) { small_rows_kernel_ = on; }
+  bool small_rows_kernel() const { return small_rows_kernel_; }
   // Shapes whose algorithm was chosen by timing (kMeasured), and the largest ratio seen between
   // the heuristic's first choice and the one kept (1 when it was already the fastest).
   std::size_t measured_plans() const {
@@ -336,6 +340,7 @@ class Context {
   int device_ = -1;
   std::size_t gemm_workspace_bytes_ = 0;
   AlgoChoice choice_ = AlgoChoice::kHeuristic;
+  bool small_rows_kernel_ = true;
   std::map<Key, Plan> plans_;
   // kMeasured: the scratch output candidates are timed into, and the events that time them.
   void* scratch_ = nullptr;

@@ -5,6 +5,9 @@
 //                                                          C = residual^T with beta = 1 when given
 //   dx       dx^T [K, M] = W_stored(op N)   dpre^T         beta = 1 to accumulate
 //   dweight  dW^T [K, N] = x^T(op N)        dpre^T(op T)   fp32 output, beta = 1 to accumulate
+// A forward of at most kGemvMaxRows rows (decoding) runs kernel_gemv.cuh instead: one pass over
+// the weight near the read bandwidth with the whole epilogue fused (when K and the strides suit its
+// 16-byte loads; otherwise cuBLASLt as above).
 // cuBLASLt has no SiLU epilogue (only ReLU/GELU and their AUX forms), so SiLU is one fused
 // element-wise pass: forward reads the pre-activation once and writes y (in place when `pre` is not
 // kept); backward reads dy and pre once, writes dpre (rounded to T) and, when dbias is wanted,
@@ -18,6 +21,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -27,6 +31,7 @@
 #include "gecko/ops/linear/args.hpp"
 #include "gecko/ops/linear/context.hpp"
 #include "gecko/ops/linear/kernel.cuh"
+#include "gecko/ops/linear/kernel_gemv.cuh"
 
 namespace gecko::linear::cuda {
 
@@ -66,6 +71,46 @@ Status partial_bytes(const BackwardArgs<T>& a, const Problem& p, std::size_t& by
   return Status::success();
 }
 
+// Whether a forward takes the matrix-vector kernel: few rows, and K, the row strides and the
+// pointers of x and W suit 16-byte loads.
+template <class T>
+bool use_gemv(const ForwardArgs<T>& a, const Problem& p) {
+  constexpr std::int64_t V = kVec16<T>;
+  const auto aligned = [](const void* q) { return reinterpret_cast<std::uintptr_t>(q) % 16 == 0; };
+  return p.M >= 1 && p.M <= kernels::kGemvMaxRows && p.K % V == 0 && p.ldw % V == 0 && (p.M == 1 || p.ldx % V == 0) &&
+         aligned(a.x.data) && aligned(a.weight.data);
+}
+
+template <class T, int kUnroll = kernels::kGemvUnroll>
+Status run_gemv(const ForwardArgs<T>& a, const Problem& p, cudaStream_t stream) {
+  kernels::GemvParams<T> g;
+  g.x = a.x.data;
+  g.w = a.weight.data;
+  g.bias = has_bias(a.epilogue) ? a.bias.data : nullptr;
+  g.residual = a.residual.empty() ? nullptr : a.residual.data;
+  g.y = a.y.data;
+  g.pre = a.pre.empty() ? nullptr : a.pre.data;
+  g.N = p.N;
+  g.K = p.K;
+  g.ldx = p.ldx;
+  g.ldw = p.ldw;
+  g.ldy = p.ldy;
+  g.ldpre = p.ldpre;
+  g.ldres = p.ldres;
+  g.M = static_cast<int>(p.M);
+  g.silu = has_silu(a.epilogue);
+  const std::int64_t ctas = (p.N + kernels::kGemvWarps - 1) / kernels::kGemvWarps;
+  const dim3 grid(static_cast<unsigned>(std::min<std::int64_t>(ctas, 1 << 20)));
+  const dim3 block(kernels::kGemvWarps * 32);
+  switch (p.M) {
+    case 1: kernels::gemv_kernel<T, 1, kUnroll><<<grid, block, 0, stream>>>(g); break;
+    case 2: kernels::gemv_kernel<T, 2, kUnroll><<<grid, block, 0, stream>>>(g); break;
+    case 3: kernels::gemv_kernel<T, 3, kUnroll><<<grid, block, 0, stream>>>(g); break;
+    default: kernels::gemv_kernel<T, 4, kUnroll><<<grid, block, 0, stream>>>(g); break;
+  }
+  return last_launch_status("linear forward (matrix-vector)");
+}
+
 }  // namespace detail
 
 template <class T>
@@ -95,6 +140,7 @@ Status forward(Context& ctx, const ForwardArgs<T>& a, void* workspace, std::size
   GECKO_RETURN_IF_ERROR(ctx.check_ready());
   GECKO_RETURN_IF_ERROR(detail::check_workspace(workspace, workspace_bytes, ctx.gemm_workspace_bytes(), "linear forward"));
   if (p.M == 0) return Status::success();
+  if (ctx.small_rows_kernel() && detail::use_gemv(a, p)) return detail::run_gemv(a, p, stream);
   const bool silu = has_silu(a.epilogue);
   const bool keep_pre = silu && !a.pre.empty();
   T* out = keep_pre ? a.pre.data : a.y.data;

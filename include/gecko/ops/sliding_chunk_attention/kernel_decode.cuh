@@ -1,9 +1,14 @@
 // Decoding: a few queries (L <= kDecodeRows) against the cached window. The work is reading K and
-// V once (2048-wide value rows at the 7B shape), so it is split by 64-key blocks across the grid:
-// each CTA scores its block for every query (one warp per key, 16-byte loads), takes the block's
-// softmax partials in the log2 domain and accumulates P V with each thread owning 8 value columns.
-// combine_kernel (kernel_prep.cuh) merges the blocks in order, so the result is deterministic.
+// V once (2048-wide value rows at the 7B shape), so it is split by blocks of at most 64 keys across
+// the grid, sized so that the CTAs fill the GPU in whole waves (launch.cuh plans it): each CTA
+// scores its block for every query (one warp per key, every key's 16-byte load issued before any
+// is used), takes the block's softmax partials in the log2 domain and accumulates P V with each
+// thread owning 8 value columns and 8 value rows in flight. decode_combine_kernel merges the blocks
+// in split order, so the result is deterministic.
 #pragma once
+
+#include <cub/block/block_reduce.cuh>
+#include <cuda/functional>
 
 #include "gecko/ops/sliding_chunk_attention/kernel_prep.cuh"
 
@@ -18,7 +23,8 @@ struct DecodeParams {
   i64 chunk = 0, start = 0;
   int n_rope = 0, segments = 0;
   float scale_log2 = 0.f;
-  int lo = 0;  // first key any query sees (key blocks start here)
+  int lo = 0;            // first key any query sees (key blocks start here)
+  int keys_per_cta = 0;  // keys of one block, <= kDecodeKeys
   Rows<T> q;
   Window<T> kw, vw;
   Segs seg;
@@ -27,16 +33,18 @@ struct DecodeParams {
   float theta[kMaxPairs] = {};
 };
 
-// grid (splits, B * H), kThreads threads; dk <= 256 and dv <= 2048, both multiples of 8, 16-byte
-// aligned rows.
+// grid (splits, B * H), kThreads threads; keys_per_cta <= kDecodeKeys; dk <= 256 and dv <= 2048,
+// both multiples of 8, 16-byte aligned rows.
 template <class T>
 __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant__ DecodeParams<T> p) {
+  constexpr int kWarps = kThreads / 32, kKeysPerWarp = kDecodeKeys / kWarps;
   __shared__ float qs[kDecodeRows][256];
   __shared__ float ps[kDecodeRows][kDecodeKeys];
   __shared__ float ms[kDecodeRows], ls[kDecodeRows];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int split = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh - b * p.H;
-  const int j0 = p.lo + split * kDecodeKeys;
+  const int j0 = p.lo + split * p.keys_per_cta;
+  const int nkeys = min(p.keys_per_cta, p.keys - j0);
 
   // Queries, rotated at their absolute positions.
   for (int idx = tid; idx < p.L * (p.dk / 2); idx += blockDim.x) {
@@ -53,24 +61,30 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
     qs[r][2 * i] = x0;
     qs[r][2 * i + 1] = x1;
   }
-  __syncthreads();
 
-  // Scores: warp w takes keys w, w + 8, ...; lanes split the head dim in 8-element pieces.
-  for (int jj = warp; jj < kDecodeKeys; jj += kThreads / 32) {
-    const int j = j0 + jj;
+  // Scores: warp w takes keys w, w + 8, ...; lane l holds elements [8l, 8l + 8) of each (dk <= 256).
+  // Every load of the warp's keys is in flight before the first product.
+  const int d = lane * 8;
+  uint4 kraw[kKeysPerWarp];
+#pragma unroll
+  for (int t = 0; t < kKeysPerWarp; ++t) {
+    const int jj = warp + t * kWarps;
+    kraw[t] = make_uint4(0, 0, 0, 0);
+    if (jj < nkeys && d < p.dk) kraw[t] = __ldg(reinterpret_cast<const uint4*>(p.kw.row(b, j0 + jj, h) + d));
+  }
+  __syncthreads();  // qs
+#pragma unroll
+  for (int t = 0; t < kKeysPerWarp; ++t) {
+    const int jj = warp + t * kWarps, j = j0 + jj;
     float acc[kDecodeRows] = {};
-    if (j < p.keys) {
-      const T* k = p.kw.row(b, j, h);
-      for (int d = lane * 8; d < p.dk; d += 256) {
-        const uint4 raw = __ldg(reinterpret_cast<const uint4*>(k + d));
-        const std::uint32_t* w = reinterpret_cast<const std::uint32_t*>(&raw);
+    if (d < p.dk) {
+      const std::uint32_t* w = reinterpret_cast<const std::uint32_t*>(&kraw[t]);
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const float2 kv = unpack2<T>(w[u]);
+      for (int u = 0; u < 4; ++u) {
+        const float2 kv = unpack2<T>(w[u]);
 #pragma unroll
-          for (int r = 0; r < kDecodeRows; ++r)
-            if (r < p.L) acc[r] += qs[r][d + 2 * u] * kv.x + qs[r][d + 2 * u + 1] * kv.y;
-        }
+        for (int r = 0; r < kDecodeRows; ++r)
+          if (r < p.L) acc[r] += qs[r][d + 2 * u] * kv.x + qs[r][d + 2 * u + 1] * kv.y;
       }
     }
 #pragma unroll
@@ -80,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
       for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
       if (lane == 0 && r < p.L) {
         const int pos = p.P + r;
-        bool vis = j < p.keys && j <= pos && j >= window_lo(pos, p.chunk);
+        bool vis = jj < nkeys && j <= pos && j >= window_lo(pos, p.chunk);
         if (vis && p.segments) vis = p.seg.key(b, j) == p.seg.query(b, r);
         ps[r][jj] = vis ? v * p.scale_log2 : -INFINITY;
       }
@@ -108,29 +122,36 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
   }
   __syncthreads();
 
-  // P V: thread t owns value columns [8t, 8t + 8).
+  // P V: thread t owns value columns [8t, 8t + 8); kUnrollV rows of V in flight.
+  constexpr int kUnrollV = 8;
   const int col = tid * 8;
   const i64 rows = static_cast<i64>(gridDim.y) * p.L;
   if (col < p.dv) {
     float acc[kDecodeRows][8] = {};
-    const int nkeys = min(kDecodeKeys, p.keys - j0);
-#pragma unroll 4
-    for (int jj = 0; jj < nkeys; ++jj) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p.vw.row(b, j0 + jj, h) + col));
-      const std::uint32_t* w = reinterpret_cast<const std::uint32_t*>(&raw);
-      float v[8];
+    for (int jb = 0; jb < nkeys; jb += kUnrollV) {
+      uint4 raw[kUnrollV];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const float2 f = unpack2<T>(w[u]);
-        v[2 * u] = f.x;
-        v[2 * u + 1] = f.y;
-      }
+      for (int u = 0; u < kUnrollV; ++u)
+        raw[u] = jb + u < nkeys ? __ldg(reinterpret_cast<const uint4*>(p.vw.row(b, j0 + jb + u, h) + col))
+                                : make_uint4(0, 0, 0, 0);
 #pragma unroll
-      for (int r = 0; r < kDecodeRows; ++r) {
-        if (r >= p.L) break;
-        const float pr = ps[r][jj];
+      for (int u = 0; u < kUnrollV; ++u) {
+        if (jb + u >= nkeys) break;
+        const std::uint32_t* w = reinterpret_cast<const std::uint32_t*>(&raw[u]);
+        float v[8];
 #pragma unroll
-        for (int u = 0; u < 8; ++u) acc[r][u] += pr * v[u];
+        for (int e = 0; e < 4; ++e) {
+          const float2 f = unpack2<T>(w[e]);
+          v[2 * e] = f.x;
+          v[2 * e + 1] = f.y;
+        }
+#pragma unroll
+        for (int r = 0; r < kDecodeRows; ++r) {
+          if (r >= p.L) break;
+          const float pr = ps[r][jb + u];
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[r][e] += pr * v[e];
+        }
       }
     }
     for (int r = 0; r < p.L; ++r) {
@@ -146,31 +167,64 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
   }
 }
 
-// Merges decode_kernel's block partials like combine_kernel, but with one thread per value column
-// (the decode has up to 2C / 64 blocks and few rows): grid (ceil(dv / 128), B * H * L), 128 threads.
+constexpr int kDecodeMaxSplits = 1024;   // key blocks per (b, h) the combine takes
+constexpr int kCombineThreads = 256;     // decode_combine_kernel: kCombineGroups x kCombineCols
+constexpr int kCombineCols = 64;
+constexpr int kCombineGroups = kCombineThreads / kCombineCols;
+
+// Merges decode_kernel's block partials of one query row: grid (ceil(dv / 64), B * H * L), 256
+// threads. The CTA first turns the splits' (max, sum) pairs into weights 2^(m_s - M) in shared
+// memory and the denominator (CUB block reductions, a fixed order); then 4 groups of 64 threads
+// each sum every 4th split's partial rows for 64 columns, and group 0 adds the 4 sums in order.
+// splits <= kDecodeMaxSplits.
 template <class T>
-__global__ void __launch_bounds__(128) decode_combine_kernel(const float* __restrict__ part_o,
-                                                             const float* __restrict__ part_ml, int splits, int L,
-                                                             int H, int dv, OutRows<T> out, float* lse, i64 lse_sb,
-                                                             i64 lse_sh, i64 lse_sl) {
+__global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const float* __restrict__ part_o,
+                                                                         const float* __restrict__ part_ml, int splits,
+                                                                         int L, int H, int dv, OutRows<T> out,
+                                                                         float* lse, i64 lse_sb, i64 lse_sh,
+                                                                         i64 lse_sl) {
+  using Reduce = cub::BlockReduce<float, kCombineThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ float weight[kDecodeMaxSplits];
+  __shared__ float group_sum[kCombineGroups][kCombineCols];
+  __shared__ float M_s, den_s;
+  const int tid = threadIdx.x;
   const int row = blockIdx.y;  // bh * L + r
   const int bh = row / L, r = row - bh * L, b = bh / H, h = bh - b * H;
   const i64 stride = static_cast<i64>(gridDim.y);  // rows per split
-  float M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, part_ml[(s * stride + row) * 2]);
-  const float Mu = M == -INFINITY ? 0.f : M;
+
+  float m = -INFINITY;
+  for (int s = tid; s < splits; s += kCombineThreads) m = fmaxf(m, part_ml[(s * stride + row) * 2]);
+  m = Reduce(tmp).Reduce(m, ::cuda::maximum<>{});
+  if (tid == 0) M_s = m;
+  __syncthreads();
+  const float M = M_s, Mu = M == -INFINITY ? 0.f : M;
   float den = 0.f;
-  for (int s = 0; s < splits; ++s) den += fast_exp2(part_ml[(s * stride + row) * 2] - Mu) * part_ml[(s * stride + row) * 2 + 1];
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c < dv) {
-    float acc = 0.f;
-#pragma unroll 8
-    for (int s = 0; s < splits; ++s)
-      acc += fast_exp2(part_ml[(s * stride + row) * 2] - Mu) * part_o[(s * stride + row) * dv + c];
-    out.at(b, r, h)[c] = from_float<T>(den > 0.f ? acc / den : 0.f);
+  for (int s = tid; s < splits; s += kCombineThreads) {
+    const float w = fast_exp2(part_ml[(s * stride + row) * 2] - Mu);
+    weight[s] = w;
+    den += w * part_ml[(s * stride + row) * 2 + 1];
   }
-  if (lse && blockIdx.x == 0 && threadIdx.x == 0)
-    lse[b * lse_sb + h * lse_sh + r * lse_sl] = den > 0.f ? (M + log2f(den)) * kLn2 : -INFINITY;
+  den = Reduce(tmp).Sum(den);
+  if (tid == 0) den_s = den;
+  __syncthreads();
+
+  const int g = tid / kCombineCols, cc = tid - g * kCombineCols, c = blockIdx.x * kCombineCols + cc;
+  float acc = 0.f;
+  if (c < dv) {
+#pragma unroll 4
+    for (int s = g; s < splits; s += kCombineGroups) acc += weight[s] * part_o[(s * stride + row) * dv + c];
+  }
+  group_sum[g][cc] = acc;
+  __syncthreads();
+  if (g == 0 && c < dv) {
+    float total = 0.f;
+#pragma unroll
+    for (int k = 0; k < kCombineGroups; ++k) total += group_sum[k][cc];
+    out.at(b, r, h)[c] = from_float<T>(den_s > 0.f ? total / den_s : 0.f);
+  }
+  if (lse && blockIdx.x == 0 && tid == 0)
+    lse[b * lse_sb + h * lse_sh + r * lse_sl] = den_s > 0.f ? (M + log2f(den_s)) * kLn2 : -INFINITY;
 }
 
 }  // namespace gecko::sliding_chunk_attention::kernels

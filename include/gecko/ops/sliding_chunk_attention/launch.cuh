@@ -156,8 +156,8 @@ inline ClusterShape cluster_shape(const Problem& p, int smem_limit) {
 
 struct Plan {
   bool fast = false;
-  bool decode = false;  // a few queries: decode_kernel over 64-key blocks (kernel_decode.cuh)
-  int decode_lo = 0;
+  bool decode = false;  // a few queries: decode_kernel over key blocks (kernel_decode.cuh)
+  int decode_lo = 0, decode_keys = 0;  // first key, keys per block
   ClusterShape cl;
   int splits = 1;
   int ds_smem = 0;
@@ -211,8 +211,18 @@ Status make_plan(const Problem& p, bool aligned, bool backward, bool need_forwar
     // Keys [lo, P + L - 1] cover every query's window; one CTA per 64 of them.
     pl.decode = true;
     pl.decode_lo = static_cast<int>(first_key(p.prev, p.chunk));
-    const std::int64_t hi = std::min(p.prev + p.length - 1, p.keys - 1);
-    pl.splits = static_cast<int>((hi - pl.decode_lo) / kernels::kDecodeKeys + 1);
+    const std::int64_t hi = std::min(p.prev + p.length - 1, p.keys - 1), span = hi - pl.decode_lo + 1;
+    // Blocks of at most 64 keys, as many as make whole waves of two CTAs per SM (no SM left with
+    // one block more than the others while the rest idle), fewer when the window is short.
+    const std::int64_t want = std::max<std::int64_t>(1, 2 * pl.sm_count / static_cast<std::int64_t>(BH));
+    std::int64_t per = std::max<std::int64_t>((span + want - 1) / want, 16);
+    per = std::min<std::int64_t>(std::max(per, (span + kernels::kDecodeMaxSplits - 1) / kernels::kDecodeMaxSplits),
+                                 kernels::kDecodeKeys);
+    pl.decode_keys = static_cast<int>(per);
+    pl.splits = static_cast<int>((span + per - 1) / per);
+    if (pl.splits > kernels::kDecodeMaxSplits)
+      return unsupported("sliding_chunk_attention decode: a window of " + std::to_string(span) + " keys (at most " +
+                         std::to_string(kernels::kDecodeMaxSplits * kernels::kDecodeKeys) + ")");
     pl.part_o = take(static_cast<std::size_t>(pl.splits) * BH * p.length * p.dv * 4);
     pl.part_ml = take(static_cast<std::size_t>(pl.splits) * BH * p.length * 2 * 4);
   } else if (pl.fast && run_fwd) {
@@ -348,6 +358,7 @@ Status run_forward(const ForwardArgs<T>& a, const Problem& p, const Plan& pl, ch
     kernels::DecodeParams<T> f;
     fill_call(f, a, p);
     f.lo = pl.decode_lo;
+    f.keys_per_cta = pl.decode_keys;
     f.q = rows_of(a.q);
     f.kw = key_window(a, p, krot);
     f.vw = value_window<ForwardArgs<T>, T>(a, p);
@@ -365,8 +376,10 @@ Status run_forward(const ForwardArgs<T>& a, const Problem& p, const Plan& pl, ch
       sh = a.lse.strides[1];
       sl = a.lse.strides[2];
     }
-    kernels::decode_combine_kernel<T>
-        <<<dim3(static_cast<unsigned>((p.dv + 127) / 128), static_cast<unsigned>(BH * p.length)), 128, 0, stream>>>(
+    kernels::decode_combine_kernel<T><<<dim3(static_cast<unsigned>((p.dv + kernels::kCombineCols - 1) /
+                                                                    kernels::kCombineCols),
+                                             static_cast<unsigned>(BH * p.length)),
+                                        kernels::kCombineThreads, 0, stream>>>(
             f.part_o, f.part_ml, pl.splits, f.L, f.H, f.dv, out_rows_of(a.out), lse, sb, sh, sl);
     return last_launch_status("sliding_chunk_attention decode combine");
    }

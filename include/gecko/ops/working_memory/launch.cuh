@@ -31,6 +31,7 @@
 #include "gecko/core/cuda_check.hpp"
 #include "gecko/core/device.hpp"
 #include "gecko/ops/working_memory/args.hpp"
+#include "gecko/ops/working_memory/kernel_decode.cuh"
 #include "gecko/ops/working_memory/kernel_features.cuh"
 #include "gecko/ops/working_memory/kernel_gemm_simt.cuh"
 #include "gecko/ops/working_memory/kernel_gemm_tc.cuh"
@@ -292,6 +293,12 @@ struct CudaExec {
     kernels::kappa_kernel<T><<<static_cast<unsigned>(blocks), kernels::kThreads, 0, stream>>>(p);
     return last_launch_status("working_memory kappa");
   }
+  template <class T>
+  Status decode_read(const kernels::DecodeParams& p) const {
+    const dim3 grid(static_cast<unsigned>(p.dv / kernels::kDecodeCols), static_cast<unsigned>(p.B * p.H));
+    kernels::decode_read_kernel<T><<<grid, kernels::kThreads, 0, stream>>>(p);
+    return last_launch_status("working_memory decode read");
+  }
   Status grad_stats(const kernels::GradStatsParams& p, std::int64_t blocks) const {
     kernels::grad_stats_kernel<><<<static_cast<unsigned>(blocks), kernels::kThreads, 0, stream>>>(p);
     return last_launch_status("working_memory gradient stats");
@@ -521,6 +528,58 @@ Status run_readout(const ForwardArgs<T>& a, const Plan& pl, char* fr, const Exec
   return ex.template gemm<T, true, true, kernels::kStoreT>(gp, "working_memory readout");
 }
 
+// Whether a forward is a decoding read (kernel_decode.cuh): a tail call of at most 4 tokens on a
+// carried memory that absorbs nothing, with the fp32 state's rows 16-byte aligned.
+template <class T>
+bool decode_read_applies(const ForwardArgs<T>& a, const Plan& pl) {
+  const Problem& p = pl.p;
+  if (!p.tail || !p.has_state || pl.nabs != 0 || p.length > kernels::kDecodeRows) return false;
+  const auto rows16 = [](const auto& t) {
+    return reinterpret_cast<std::uintptr_t>(t.data) % 16 == 0 && t.stride(0) % 4 == 0 && t.stride(1) % 4 == 0 &&
+           t.stride(2) % 4 == 0;
+  };
+  return rows16(a.memory) && (!p.state_after || a.memory_out.empty() || rows16(a.memory_out));
+}
+
+template <class T, class Exec>
+Status run_decode_read(const ForwardArgs<T>& a, const Plan& pl, const Exec& ex) {
+  const Problem& p = pl.p;
+  kernels::DecodeParams d;
+  d.B = static_cast<int>(p.batch);
+  d.H = static_cast<int>(p.heads);
+  d.dk = static_cast<int>(p.dk);
+  d.dv = static_cast<int>(p.dv);
+  d.L = static_cast<int>(p.length);
+  d.aq = a.aq.data;
+  d.aq_sb = a.aq.stride(0);
+  d.aq_st = a.aq.stride(1);
+  d.aq_sh = a.aq.stride(2);
+  d.mem = a.memory.data;
+  d.mi_sb = a.memory.stride(0);
+  d.mi_sh = a.memory.stride(1);
+  d.mi_ld = a.memory.stride(2);
+  d.ln = a.log_norm.data;
+  d.ln_sb = a.log_norm.stride(0);
+  d.ln_sh = a.log_norm.stride(1);
+  if (p.state_after && !a.memory_out.empty() && a.memory_out.data != a.memory.data) {
+    d.mem_out = a.memory_out.data;
+    d.mo_sb = a.memory_out.stride(0);
+    d.mo_sh = a.memory_out.stride(1);
+    d.mo_ld = a.memory_out.stride(2);
+  }
+  if (p.state_after && !a.log_norm_out.empty() && a.log_norm_out.data != a.log_norm.data) {
+    d.ln_out = a.log_norm_out.data;
+    d.lo_sb = a.log_norm_out.stride(0);
+    d.lo_sh = a.log_norm_out.stride(1);
+  }
+  d.out = a.out.data;
+  d.o_sb = a.out.stride(0);
+  d.o_st = a.out.stride(1);
+  d.o_sh = a.out.stride(2);
+  d.docs = make_docs(a, p);
+  return ex.template decode_read<T>(d);
+}
+
 // The forward and backward against an executor (CudaExec launches the kernels): run_forward /
 // run_backward validate, plan and check a call, the *_planned steps run a planned one.
 // Validates a call and plans it, with a `saved` region (saved_bytes of it, from saved_bytes()) or
@@ -559,6 +618,7 @@ Status run_forward_planned(const ForwardArgs<T>& a, const Plan& pl, char* ws, ch
     GECKO_RETURN_IF_ERROR(ex.zero_rows(a.out, 0, p.length));
     if (!p.creates) return Status::success();
   }
+  if (!saved && decode_read_applies(a, pl)) return run_decode_read(a, pl, ex);
   GECKO_RETURN_IF_ERROR(run_front<T>(a, pl, ws, fr, mo, lo, ex));
   if (pl.n == 0) return Status::success();
   return run_readout(a, pl, fr, ex);
