@@ -1,5 +1,6 @@
 // The Linear forward of one row (a decode step's projections) at the 7B MEGA shapes, bf16: the
-// matrix-vector kernel (linear/kernel_gemv.cuh, with 4 and 8 loads in flight per lane) against
+// matrix-vector kernel (linear/kernel_gemv.cuh, in several configurations of loads in flight per
+// lane and warps per output column) against
 // cuBLASLt on the same shape, in TB/s of weight bytes and as a fraction of the device copy rate.
 // Weights rotate through enough copies that a launch never finds its weight in L2.
 #include "bench_common.cuh"
@@ -10,7 +11,25 @@ namespace {
 
 using T = __nv_bfloat16;
 
-enum class Engine { kGemv4, kGemv8, kCublasLt };
+// A matrix-vector configuration: 16-byte loads in flight per lane, warps per output column.
+struct Engine {
+  int unroll = 0, split = 0;  // 0: cuBLASLt
+};
+
+template <int U, int S>
+Status gemv(const linear::ForwardArgs<T>& a, const linear::Problem& p) {
+  return linear::cuda::detail::run_gemv<T, U, S>(a, p, nullptr);
+}
+
+Status run_engine(Engine e, const linear::ForwardArgs<T>& a, const linear::Problem& p) {
+  if (e.unroll == 4 && e.split == 1) return gemv<4, 1>(a, p);
+  if (e.unroll == 8 && e.split == 1) return gemv<8, 1>(a, p);
+  if (e.unroll == 4 && e.split == 2) return gemv<4, 2>(a, p);
+  if (e.unroll == 4 && e.split == 4) return gemv<4, 4>(a, p);
+  if (e.unroll == 2 && e.split == 8) return gemv<2, 8>(a, p);
+  if (e.unroll == 4 && e.split == 8) return gemv<4, 8>(a, p);
+  return invalid_argument("no such matrix-vector configuration");
+}
 
 void BM_linear_row(benchmark::State& state, Engine engine) {
   add_device_context();
@@ -38,9 +57,9 @@ void BM_linear_row(benchmark::State& state, Engine engine) {
       state,
       [&](int i) {
         a.weight = TensorView<const T>::device(w.data() + static_cast<std::size_t>(i) * N * K, {N, K});
-        if (engine == Engine::kGemv4) throw_if_error(linear::cuda::detail::run_gemv<T, 4>(a, p, nullptr));
-        else if (engine == Engine::kGemv8) throw_if_error(linear::cuda::detail::run_gemv<T, 8>(a, p, nullptr));
-        else {
+        if (engine.unroll > 0) {
+          throw_if_error(run_engine(engine, a, p));
+        } else {
           ctx.set_small_rows_kernel(false);
           const Status s = linear::cuda::forward(ctx, a, ws.data(), ws.size(), nullptr);
           ctx.set_small_rows_kernel(true);
@@ -51,12 +70,17 @@ void BM_linear_row(benchmark::State& state, Engine engine) {
 }
 
 #define GECKO_ROW_SHAPES ->Args({1024, 4096})->Args({8192, 4096})->Args({4096, 4096})->Args({4096, 8192})
-BENCHMARK_CAPTURE(BM_linear_row, gemv_u4_bf16, Engine::kGemv4)
-GECKO_ROW_SHAPES->ArgNames({"N", "K"})->UseManualTime()->Iterations(200)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_linear_row, gemv_u8_bf16, Engine::kGemv8)
-GECKO_ROW_SHAPES->ArgNames({"N", "K"})->UseManualTime()->Iterations(200)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_linear_row, cublaslt_bf16, Engine::kCublasLt)
-GECKO_ROW_SHAPES->ArgNames({"N", "K"})->UseManualTime()->Iterations(200)->Unit(benchmark::kMicrosecond);
+#define GECKO_ROW_ENGINE(name, u, s)                         \
+  BENCHMARK_CAPTURE(BM_linear_row, name, Engine{u, s})       \
+  GECKO_ROW_SHAPES->ArgNames({"N", "K"})->UseManualTime()->Iterations(200)->Unit(benchmark::kMicrosecond);
+GECKO_ROW_ENGINE(gemv_u4_s1_bf16, 4, 1)
+GECKO_ROW_ENGINE(gemv_u8_s1_bf16, 8, 1)
+GECKO_ROW_ENGINE(gemv_u4_s2_bf16, 4, 2)
+GECKO_ROW_ENGINE(gemv_u4_s4_bf16, 4, 4)
+GECKO_ROW_ENGINE(gemv_u2_s8_bf16, 2, 8)
+GECKO_ROW_ENGINE(gemv_u4_s8_bf16, 4, 8)
+GECKO_ROW_ENGINE(cublaslt_bf16, 0, 0)
+#undef GECKO_ROW_ENGINE
 #undef GECKO_ROW_SHAPES
 
 }  // namespace

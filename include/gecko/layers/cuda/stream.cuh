@@ -41,16 +41,33 @@ namespace stream_kernels {
 
 using i64 = std::int64_t;
 
-// dst row dst_row0 + i (i < n) of a [B, cap, H, d] cache <- old row old_row0 + i for i < n_old,
-// else call row now_row0 + i - n_old of a dense [B, L, H, d] tensor, rotated (heads < n_rope) at
-// position pos0 + its call row. One thread per (b, i, h, element pair).
+// One cache of a [B, cap, H, d] layout to update: rows dst_row0 + i (i < n) <- old row
+// old_row0 + i for i < n_old, else call row now_row0 + i - n_old of a dense [B, L, H, d] tensor,
+// rotated (heads < n_rope) at position pos0 + its call row.
 template <class T>
-__global__ void cache_rows_kernel(T* __restrict__ dst, i64 dst_sb, int dst_row0, int n, const T* old_rows, i64 old_sb,
-                                  int old_row0, int n_old, const T* __restrict__ now, i64 now_sb, int now_row0, int H,
-                                  int d, int n_rope, i64 pos0, i64 total,
-                                  const __grid_constant__ sliding_chunk_attention::kernels::Theta theta) {
-  const int pairs = (d + 1) / 2;
-  for (i64 idx = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x; idx < total;
+struct CacheJob {
+  T* dst = nullptr;
+  const T* old_rows = nullptr;
+  const T* now = nullptr;
+  i64 dst_sb = 0, old_sb = 0, now_sb = 0, total = 0;  // total: B * n * H * ceil(d / 2) pairs
+  int d = 0, n_rope = 0;
+};
+
+template <class T>
+struct CacheUpdate {
+  CacheJob<T> job[3];  // rotated keys, raw working-memory keys, values
+  int dst_row0 = 0, n = 0, old_row0 = 0, n_old = 0, now_row0 = 0, H = 0;
+  i64 pos0 = 0;
+  sliding_chunk_attention::kernels::Theta theta{};
+};
+
+// All three caches of a call in one launch: blockIdx.y picks the cache; one thread per
+// (b, i, h, element pair), grid-stride over x.
+template <class T>
+__global__ void cache_rows_kernel(const __grid_constant__ CacheUpdate<T> u) {
+  const CacheJob<T>& c = u.job[blockIdx.y];
+  const int d = c.d, pairs = (d + 1) / 2, H = u.H, n = u.n;
+  for (i64 idx = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x; idx < c.total;
        idx += static_cast<i64>(gridDim.x) * blockDim.x) {
     const int pr = static_cast<int>(idx % pairs);
     i64 rest = idx / pairs;
@@ -59,22 +76,22 @@ __global__ void cache_rows_kernel(T* __restrict__ dst, i64 dst_sb, int dst_row0,
     const int i = static_cast<int>(rest % n);
     const int b = static_cast<int>(rest / n);
     const i64 col = static_cast<i64>(h) * d + 2 * pr;
-    T* out = dst + b * dst_sb + static_cast<i64>(dst_row0 + i) * H * d + col;
+    T* out = c.dst + b * c.dst_sb + static_cast<i64>(u.dst_row0 + i) * H * d + col;
     const bool has2 = 2 * pr + 1 < d;
-    if (i < n_old) {
-      const T* src = old_rows + b * old_sb + static_cast<i64>(old_row0 + i) * H * d + col;
+    if (i < u.n_old) {
+      const T* src = c.old_rows + b * c.old_sb + static_cast<i64>(u.old_row0 + i) * H * d + col;
       out[0] = src[0];
       if (has2) out[1] = src[1];
       continue;
     }
-    const int r = now_row0 + i - n_old;
-    const T* src = now + b * now_sb + static_cast<i64>(r) * H * d + col;
-    if (h < n_rope) {
+    const int r = u.now_row0 + i - u.n_old;
+    const T* src = c.now + b * c.now_sb + static_cast<i64>(r) * H * d + col;
+    if (h < c.n_rope) {
       const float x0 = to_float(src[0]), x1 = to_float(src[1]);
-      float c, s;
-      sliding_chunk_attention::kernels::rope_cos_sin(pos0 + r, theta.v[pr], c, s);
-      out[0] = from_float<T>(x0 * c - x1 * s);
-      out[1] = from_float<T>(x0 * s + x1 * c);
+      float cs, sn;
+      sliding_chunk_attention::kernels::rope_cos_sin(u.pos0 + r, u.theta.v[pr], cs, sn);
+      out[0] = from_float<T>(x0 * cs - x1 * sn);
+      out[1] = from_float<T>(x0 * sn + x1 * cs);
     } else {
       out[0] = src[0];
       if (has2) out[1] = src[1];
@@ -227,30 +244,29 @@ class BlockStream {
     return so;
   }
 
-  // dst rows [0, n) of buffer `to` <- rows [len - n, len) of [cache (P rows of `from`) ; call rows].
-  Status copy_rows(T* to, const T* from, int dst_row0, int n, int n_old, int old_row0, const T* now, int now_row0,
-                   std::int64_t L, std::int64_t dd, bool rotate, cudaStream_t stream) const {
-    const std::int64_t H = c_.num_heads, cap = 2 * c_.chunk_size;
-    const std::int64_t total = B_ * n * H * ((dd + 1) / 2);
-    if (total == 0) return Status::success();
-    sliding_chunk_attention::kernels::Theta th{};
-    const rope::RopeConfig rc = c_.rope(position_);
-    int n_rope = 0;
-    if (rotate && rc.enabled()) {
-      n_rope = rc.n_rope_heads;
-      for (int i = 0; i < dd / 2; ++i) th.v[i] = rope::inv_freq(rc.base, dd, i);
-    }
-    const int grid = static_cast<int>(std::min<std::int64_t>((total + 255) / 256, 65536));
-    stream_kernels::cache_rows_kernel<T><<<grid, 256, 0, stream>>>(
-        to, cap * H * dd, dst_row0, n, from, cap * H * dd, old_row0, n_old, now, L * H * dd, now_row0,
-        static_cast<int>(H), static_cast<int>(dd), n_rope, position_, total, th);
-    return last_launch_status("BlockStream cache update");
-  }
-
+  // Appends the call's rotated keys, raw working-memory keys and values to the caches (in place), or
+  // when the call ends a chunk writes the last min(P + L, C) rows of [cache ; call] into the other
+  // buffers: one launch for the three caches.
   Status advance(const Dims& d, const BlockActivations<T>& s, cudaStream_t stream) {
-    const std::int64_t L = d.L, C = c_.chunk_size, P = cached_, len = P + L;
+    const std::int64_t L = d.L, C = c_.chunk_size, P = cached_, len = P + L, H = c_.num_heads;
+    const std::int64_t cap = 2 * C;
     const bool ends = (position_ + L) % C == 0;
     const std::int64_t keep = ends ? std::min(len, C) : len;
+    stream_kernels::CacheUpdate<T> u;
+    u.H = static_cast<int>(H);
+    u.pos0 = position_;
+    if (!ends) {  // rows [P, P + L) in place
+      u.dst_row0 = static_cast<int>(P);
+      u.n = static_cast<int>(L);
+    } else {
+      const std::int64_t first = len - keep;
+      u.n = static_cast<int>(keep);
+      u.n_old = static_cast<int>(std::max<std::int64_t>(0, P - first));
+      u.old_row0 = static_cast<int>(first);
+      u.now_row0 = static_cast<int>(std::max<std::int64_t>(0, first - P));
+    }
+    const rope::RopeConfig rc = c_.rope(position_);
+    const int dst = ends ? 1 - cur_ : cur_;
     struct Cache {
       DeviceBuffer<T>* buf;
       const T* now;
@@ -258,17 +274,27 @@ class BlockStream {
       bool rotate;
     };
     const Cache caches[3] = {{sca_k_, s.k, d.dz, true}, {awm_k_, s.ak, d.dz, false}, {v_, s.v, d.dv, false}};
-    for (const Cache& k : caches) {
-      if (!ends) {  // append in place: rows [P, P + L)
-        GECKO_RETURN_IF_ERROR(copy_rows(k.buf[cur_].data(), k.buf[cur_].data(), static_cast<int>(P),
-                                        static_cast<int>(L), 0, 0, k.now, 0, L, k.dd, k.rotate, stream));
-      } else {  // the last `keep` rows of [cache ; call] into the other buffer
-        const std::int64_t first = len - keep, n_old = std::max<std::int64_t>(0, P - first);
-        GECKO_RETURN_IF_ERROR(copy_rows(k.buf[1 - cur_].data(), k.buf[cur_].data(), 0, static_cast<int>(keep),
-                                        static_cast<int>(n_old), static_cast<int>(first), k.now,
-                                        static_cast<int>(std::max<std::int64_t>(0, first - P)), L, k.dd, k.rotate,
-                                        stream));
+    std::int64_t most = 0;
+    for (int j = 0; j < 3; ++j) {
+      const Cache& k = caches[j];
+      stream_kernels::CacheJob<T>& job = u.job[j];
+      job.dst = k.buf[dst].data();
+      job.old_rows = k.buf[cur_].data();
+      job.now = k.now;
+      job.dst_sb = job.old_sb = cap * H * k.dd;
+      job.now_sb = L * H * k.dd;
+      job.d = static_cast<int>(k.dd);
+      job.total = B_ * u.n * H * ((k.dd + 1) / 2);
+      if (k.rotate && rc.enabled()) {
+        job.n_rope = rc.n_rope_heads;
+        for (int i = 0; i < k.dd / 2; ++i) u.theta.v[i] = rope::inv_freq(rc.base, k.dd, i);
       }
+      most = std::max(most, job.total);
+    }
+    if (most > 0) {
+      const unsigned grid = static_cast<unsigned>(std::min<std::int64_t>((most + 255) / 256, 65536));
+      stream_kernels::cache_rows_kernel<T><<<dim3(grid, 3), 256, 0, stream>>>(u);
+      GECKO_RETURN_IF_ERROR(last_launch_status("BlockStream cache update"));
     }
     if (ends) cur_ = 1 - cur_;
     tn_ = 1 - tn_;

@@ -81,7 +81,7 @@ bool use_gemv(const ForwardArgs<T>& a, const Problem& p) {
          aligned(a.x.data) && aligned(a.weight.data);
 }
 
-template <class T, int kUnroll = kernels::kGemvUnroll>
+template <class T, int kUnroll = kernels::kGemvUnroll, int kSplit = kernels::kGemvSplit>
 Status run_gemv(const ForwardArgs<T>& a, const Problem& p, cudaStream_t stream) {
   kernels::GemvParams<T> g;
   g.x = a.x.data;
@@ -99,14 +99,15 @@ Status run_gemv(const ForwardArgs<T>& a, const Problem& p, cudaStream_t stream) 
   g.ldres = p.ldres;
   g.M = static_cast<int>(p.M);
   g.silu = has_silu(a.epilogue);
-  const std::int64_t ctas = (p.N + kernels::kGemvWarps - 1) / kernels::kGemvWarps;
+  constexpr int kSlots = kernels::kGemvWarps / kSplit;
+  const std::int64_t ctas = (p.N + kSlots - 1) / kSlots;
   const dim3 grid(static_cast<unsigned>(std::min<std::int64_t>(ctas, 1 << 20)));
   const dim3 block(kernels::kGemvWarps * 32);
   switch (p.M) {
-    case 1: kernels::gemv_kernel<T, 1, kUnroll><<<grid, block, 0, stream>>>(g); break;
-    case 2: kernels::gemv_kernel<T, 2, kUnroll><<<grid, block, 0, stream>>>(g); break;
-    case 3: kernels::gemv_kernel<T, 3, kUnroll><<<grid, block, 0, stream>>>(g); break;
-    default: kernels::gemv_kernel<T, 4, kUnroll><<<grid, block, 0, stream>>>(g); break;
+    case 1: kernels::gemv_kernel<T, 1, kUnroll, kSplit><<<grid, block, 0, stream>>>(g); break;
+    case 2: kernels::gemv_kernel<T, 2, kUnroll, kSplit><<<grid, block, 0, stream>>>(g); break;
+    case 3: kernels::gemv_kernel<T, 3, kUnroll, kSplit><<<grid, block, 0, stream>>>(g); break;
+    default: kernels::gemv_kernel<T, 4, kUnroll, kSplit><<<grid, block, 0, stream>>>(g); break;
   }
   return last_launch_status("linear forward (matrix-vector)");
 }

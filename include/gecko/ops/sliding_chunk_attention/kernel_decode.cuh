@@ -2,7 +2,7 @@
 // V once (2048-wide value rows at the 7B shape), so it is split by blocks of at most 64 keys across
 // the grid, sized so that the CTAs fill the GPU in whole waves (launch.cuh plans it): each CTA
 // scores its block for every query (one warp per key, every key's 16-byte load issued before any
-// is used), takes the block's softmax partials in the log2 domain and accumulates P V with each
+// is used; the call's own keys rotated on the fly, so no RoPE pre-pass runs), takes the block's softmax partials in the log2 domain and accumulates P V with each
 // thread owning 8 value columns and 8 value rows in flight. decode_combine_kernel merges the blocks
 // in split order, so the result is deterministic.
 #pragma once
@@ -35,19 +35,21 @@ struct DecodeParams {
 
 // grid (splits, B * H), kThreads threads; keys_per_cta <= kDecodeKeys; dk <= 256 and dv <= 2048,
 // both multiples of 8, 16-byte aligned rows.
-template <class T>
+// kRows = p.L, the queries of the call (1 .. kDecodeRows): a compile-time count, so that no
+// instruction is issued for rows the call does not have.
+template <class T, int kRows>
 __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant__ DecodeParams<T> p) {
   constexpr int kWarps = kThreads / 32, kKeysPerWarp = kDecodeKeys / kWarps;
-  __shared__ float qs[kDecodeRows][256];
-  __shared__ float ps[kDecodeRows][kDecodeKeys];
-  __shared__ float ms[kDecodeRows], ls[kDecodeRows];
+  __shared__ float qs[kRows][256];
+  __shared__ float ps[kRows][kDecodeKeys];
+  __shared__ float ms[kRows], ls[kRows];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int split = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh - b * p.H;
   const int j0 = p.lo + split * p.keys_per_cta;
   const int nkeys = min(p.keys_per_cta, p.keys - j0);
 
   // Queries, rotated at their absolute positions.
-  for (int idx = tid; idx < p.L * (p.dk / 2); idx += blockDim.x) {
+  for (int idx = tid; idx < kRows * (p.dk / 2); idx += blockDim.x) {
     const int r = idx / (p.dk / 2), i = idx - r * (p.dk / 2);
     const T* src = p.q.at(b, r, h) + 2 * i;
     float x0 = to_float(src[0]), x1 = to_float(src[1]);
@@ -73,26 +75,39 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
     if (jj < nkeys && d < p.dk) kraw[t] = __ldg(reinterpret_cast<const uint4*>(p.kw.row(b, j0 + jj, h) + d));
   }
   __syncthreads();  // qs
+  // The lane's 8 query elements of every row, in registers for all its keys.
+  float qv[kRows][8];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) qv[r][e] = d < p.dk ? qs[r][d + e] : 0.f;
 #pragma unroll
   for (int t = 0; t < kKeysPerWarp; ++t) {
     const int jj = warp + t * kWarps, j = j0 + jj;
-    float acc[kDecodeRows] = {};
+    // The call's own keys arrive unrotated (the cache holds rotated ones): rotate them here, rounded
+    // to T as the cache stores them.
+    const bool rotate = jj < nkeys && j >= p.P && h < p.n_rope;
+    float acc[kRows] = {};
     if (d < p.dk) {
-      const std::uint32_t* w = reinterpret_cast<const std::uint32_t*>(&kraw[t]);
+      const std::uint32_t w[4] = {kraw[t].x, kraw[t].y, kraw[t].z, kraw[t].w};
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const float2 kv = unpack2<T>(w[u]);
+        float2 kv = unpack2<T>(w[u]);
+        if (rotate) {
+          float c, s;
+          rope_cos_sin(p.start + (j - p.P), p.theta[d / 2 + u], c, s);
+          kv = make_float2(to_float(from_float<T>(kv.x * c - kv.y * s)), to_float(from_float<T>(kv.x * s + kv.y * c)));
+        }
 #pragma unroll
-        for (int r = 0; r < kDecodeRows; ++r)
-          if (r < p.L) acc[r] += qs[r][d + 2 * u] * kv.x + qs[r][d + 2 * u + 1] * kv.y;
+        for (int r = 0; r < kRows; ++r) acc[r] += qv[r][2 * u] * kv.x + qv[r][2 * u + 1] * kv.y;
       }
     }
 #pragma unroll
-    for (int r = 0; r < kDecodeRows; ++r) {
+    for (int r = 0; r < kRows; ++r) {
       float v = acc[r];
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-      if (lane == 0 && r < p.L) {
+      if (lane == 0) {
         const int pos = p.P + r;
         bool vis = jj < nkeys && j <= pos && j >= window_lo(pos, p.chunk);
         if (vis && p.segments) vis = p.seg.key(b, j) == p.seg.query(b, r);
@@ -103,7 +118,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
   __syncthreads();
 
   // Block softmax partials per query: warp r.
-  if (warp < p.L) {
+  if (warp < kRows) {
     const float a = ps[warp][lane], c = ps[warp][lane + 32];
     float m = fmaxf(a, c);
 #pragma unroll
@@ -125,19 +140,20 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
   // P V: thread t owns value columns [8t, 8t + 8); kUnrollV rows of V in flight.
   constexpr int kUnrollV = 8;
   const int col = tid * 8;
-  const i64 rows = static_cast<i64>(gridDim.y) * p.L;
+  const i64 rows = static_cast<i64>(gridDim.y) * kRows;
   if (col < p.dv) {
-    float acc[kDecodeRows][8] = {};
+    float acc[kRows][8] = {};
     for (int jb = 0; jb < nkeys; jb += kUnrollV) {
       uint4 raw[kUnrollV];
 #pragma unroll
       for (int u = 0; u < kUnrollV; ++u)
         raw[u] = jb + u < nkeys ? __ldg(reinterpret_cast<const uint4*>(p.vw.row(b, j0 + jb + u, h) + col))
                                 : make_uint4(0, 0, 0, 0);
+    // Every loop over u and r is fully unrolled with guards instead of breaks, so raw and acc stay
+    // in registers (a runtime index would put them in local memory).
 #pragma unroll
       for (int u = 0; u < kUnrollV; ++u) {
-        if (jb + u >= nkeys) break;
-        const std::uint32_t* w = reinterpret_cast<const std::uint32_t*>(&raw[u]);
+        const std::uint32_t w[4] = {raw[u].x, raw[u].y, raw[u].z, raw[u].w};
         float v[8];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -145,23 +161,24 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
           v[2 * e] = f.x;
           v[2 * e + 1] = f.y;
         }
+        // Past the block's last key raw is zero and ps is 0 (exp2 of -inf): nothing to guard.
 #pragma unroll
-        for (int r = 0; r < kDecodeRows; ++r) {
-          if (r >= p.L) break;
-          const float pr = ps[r][jb + u];
+        for (int r = 0; r < kRows; ++r) {
+          const float pr = ps[r][min(jb + u, kDecodeKeys - 1)];
 #pragma unroll
-          for (int e = 0; e < 8; ++e) acc[r][e] += pr * v[e];
+          for (int e = 0; e < 8; ++e) acc[r][e] = fmaf(pr, v[e], acc[r][e]);
         }
       }
     }
-    for (int r = 0; r < p.L; ++r) {
-      float* dst = p.part_o + ((split * rows) + static_cast<i64>(bh) * p.L + r) * p.dv + col;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      float* dst = p.part_o + ((split * rows) + static_cast<i64>(bh) * kRows + r) * p.dv + col;
       reinterpret_cast<float4*>(dst)[0] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
       reinterpret_cast<float4*>(dst)[1] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
     }
   }
-  if (tid < p.L) {
-    float* ml = p.part_ml + ((split * rows) + static_cast<i64>(bh) * p.L + tid) * 2;
+  if (tid < kRows) {
+    float* ml = p.part_ml + ((split * rows) + static_cast<i64>(bh) * kRows + tid) * 2;
     ml[0] = ms[tid];
     ml[1] = ls[tid];
   }

@@ -5,8 +5,8 @@
 //   tensor cores (bf16 / fp16, Hopper, 16-byte aligned rows):
 //     forward   kernel_prep.cuh rope_rows (k only) -> kernel_forward.cuh (clustered, P shared in
 //               distributed shared memory) [-> combine_kernel when the keys are split]
-//     decoding  (L <= 4 queries) rope_rows (k) -> kernel_decode.cuh (64-key blocks across the
-//               grid) -> decode_combine_kernel
+//     decoding  (L <= 4 queries) kernel_decode.cuh (key blocks across the grid, the call's keys
+//               rotated inside) -> decode_combine_kernel
 //     backward  rope_rows (q, k) -> [forward, when out/lse were not given] -> row_dot (D) ->
 //               backward_ds (dQ, query-major) -> backward_ds (dK, key-major) -> backward_dv
 //   generic (fp32, unaligned views, other devices): kernel_generic.cuh, one CTA per row.
@@ -360,13 +360,19 @@ Status run_forward(const ForwardArgs<T>& a, const Problem& p, const Plan& pl, ch
     f.lo = pl.decode_lo;
     f.keys_per_cta = pl.decode_keys;
     f.q = rows_of(a.q);
-    f.kw = key_window(a, p, krot);
+    f.kw = key_window(a, p, static_cast<const T*>(nullptr));  // the call's keys unrotated: decode_kernel rotates them
     f.vw = value_window<ForwardArgs<T>, T>(a, p);
     f.seg = segs_of(a, p);
     f.part_o = reinterpret_cast<float*>(ws + pl.part_o);
     f.part_ml = reinterpret_cast<float*>(ws + pl.part_ml);
     fill_theta(a, p, f.theta);
-    kernels::decode_kernel<T><<<dim3(static_cast<unsigned>(pl.splits), BH), kernels::kThreads, 0, stream>>>(f);
+    const dim3 grid(static_cast<unsigned>(pl.splits), BH);
+    switch (f.L) {
+      case 1: kernels::decode_kernel<T, 1><<<grid, kernels::kThreads, 0, stream>>>(f); break;
+      case 2: kernels::decode_kernel<T, 2><<<grid, kernels::kThreads, 0, stream>>>(f); break;
+      case 3: kernels::decode_kernel<T, 3><<<grid, kernels::kThreads, 0, stream>>>(f); break;
+      default: kernels::decode_kernel<T, 4><<<grid, kernels::kThreads, 0, stream>>>(f); break;
+    }
     GECKO_RETURN_IF_ERROR(last_launch_status("sliding_chunk_attention decode"));
     float* lse = nullptr;
     i64 sb = 0, sh = 0, sl = 0;
@@ -501,7 +507,7 @@ Status forward(const ForwardArgs<T>& a, void* workspace, std::size_t workspace_b
   GECKO_RETURN_IF_ERROR(detail::plan_forward(a, p, pl));
   GECKO_RETURN_IF_ERROR(detail::check_workspace(workspace, workspace_bytes, pl.total, "forward"));
   char* ws = static_cast<char*>(workspace);
-  if (p.n_rope_heads > 0) {
+  if (p.n_rope_heads > 0 && !pl.decode) {
     kernels::Theta th;
     detail::fill_theta(a, p, th.v);
     GECKO_RETURN_IF_ERROR(detail::rope_rows(a.k, reinterpret_cast<T*>(ws + pl.krot), p, th, a.rope.start, stream));
