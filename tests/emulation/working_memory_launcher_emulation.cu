@@ -73,6 +73,37 @@ struct HostExec {
       }
     return Status::success();
   }
+  // The decoding read (kernel_decode.cuh): out_r = q̂_r M with q̂ and M rounded to T, and the
+  // state copied out when memory_out / log_norm_out are other buffers.
+  template <class T>
+  Status decode_read(const DecodeParams& p) const {
+    for (int b = 0; b < p.B; ++b)
+      for (int h = 0; h < p.H; ++h) {
+        const float* M = p.mem + b * p.mi_sb + h * p.mi_sh;
+        for (int r = 0; r < p.L; ++r) {
+          const T* src = static_cast<const T*>(p.aq) + b * p.aq_sb + h * p.aq_sh + r * p.aq_st;
+          std::int64_t id;
+          const bool masked = p.docs.last(b, -2, id) && p.docs.token(b, r) != id;
+          float m = -INFINITY, s = 0;
+          for (int i = 0; i < p.dk; ++i) m = std::max(m, to_float(src[i]));
+          std::vector<float> q(p.dk);
+          for (int i = 0; i < p.dk; ++i) s += (q[i] = std::exp(to_float(src[i]) - m));
+          for (int i = 0; i < p.dk; ++i) q[i] = to_float(from_float<T>(masked ? 0.f : q[i] / s));
+          T* dst = static_cast<T*>(p.out) + b * p.o_sb + r * p.o_st + h * p.o_sh;
+          for (int c = 0; c < p.dv; ++c) {
+            float acc = 0;
+            for (int i = 0; i < p.dk; ++i) acc += q[i] * to_float(from_float<T>(M[i * p.mi_ld + c]));
+            dst[c] = from_float<T>(acc);
+          }
+        }
+        if (p.mem_out)
+          for (int i = 0; i < p.dk; ++i)
+            for (int c = 0; c < p.dv; ++c) p.mem_out[b * p.mo_sb + h * p.mo_sh + i * p.mo_ld + c] = M[i * p.mi_ld + c];
+        if (p.ln_out)
+          for (int i = 0; i < p.dk; ++i) p.ln_out[b * p.lo_sb + h * p.lo_sh + i] = p.ln[b * p.ln_sb + h * p.ln_sh + i];
+      }
+    return Status::success();
+  }
   Status stats(const StatsParams& p, std::int64_t) const {
     for (int bh = 0; bh < p.B * p.H; ++bh) {
       const int b = bh / p.H, h = bh % p.H;
@@ -502,6 +533,7 @@ int main() {
       {3, 64, 2, 64, 64, 64, true, true},
       {3, 47, 1, 64, 64, 64, true, true, 81},
       {2, 1, 1, 64, 64, 64, true, true, 69},
+      {2, 3, 2, 128, 128, 64, true, false, 70},  // a decoding read of 3 tokens
       {2, 1, 1, 64, 64, 64, true, false, 127},
       {2, 54, 1, 64, 64, 64, false, false, 10},
       {2, 5, 1, 64, 64, 64, false, true, 0},

@@ -410,7 +410,7 @@ TEST_CASE("gpu sliding chunk attention bf16: tail and decode calls") {
     c.backward = false;
     cases.push_back(c);
   }
-  {  // two queries against 2C - 2 keys at the 7B shapes (4 heads, C = 2048): 63-key blocks
+  {  // two queries against 2C - 2 keys at the 7B shapes (4 heads, C = 2048): 32-key blocks
     Case c;
     c.C = 2048;
     c.P = 4094;

@@ -1,5 +1,5 @@
-// CUDA timestep decay normalization against the CPU reference (exact beta): odd and huge
-// lengths, resets, padding, carried state, every dtype; determinism.
+// CUDA timestep decay normalization against the CPU reference (exact beta): decoding calls, odd
+// and huge lengths, resets, padding, carried state, every dtype; determinism.
 #include <doctest/doctest.h>
 
 #include <cstring>
@@ -208,6 +208,13 @@ void run_suite() {
   std::uint64_t seed = 1000;
   const Case cases[] = {
       {2, 1, 64, 4, 0.0, 0.0, false, true},           // L = 1
+      // Decoding calls (L <= 8, groups of 32..256 channels: kernel_decode.cuh) and neighbours.
+      {2, 1, 4096, 64, 0.0, 0.0, true, true},         // one token at the 7B grouping, carried state
+      {3, 5, 256, 2, 0.3, 0.2, true, true},           // 5 tokens, groups of 128, resets and padding
+      {2, 8, 512, 2, 0.2, 0.0, true, false},          // 8 tokens, groups of 256, no affine
+      {1, 3, 96, 3, 0.0, 0.0, true, true},            // groups of 32
+      {2, 4, 48, 3, 0.0, 0.0, true, true},            // groups of 16: the tile path
+      {1, 9, 256, 4, 0.1, 0.0, true, true},           // 9 tokens: the tile path
       {3, 97, 256, 4, 0.05, 0.0, true, true},         // prime L, resets, carried state
       {1, 1009, 512, 8, 0.01, 0.05, true, true},      // padding too
       {2, 300, 4096, 64, 0.02, 0.0, false, true},     // the 7B grouping (64 x 64)

@@ -15,7 +15,9 @@
 namespace gecko::sliding_chunk_attention::kernels {
 
 constexpr int kDecodeRows = 4;   // queries per call handled here
-constexpr int kDecodeKeys = 64;  // keys per CTA
+constexpr int kDecodeKeys = 64;  // keys per CTA, at most
+// CTAs per SM the key blocks are sized for (a one-query CTA takes 64 registers a thread: 4 fit).
+constexpr int kDecodeCtasPerSm = 4;
 
 template <class T>
 struct DecodeParams {

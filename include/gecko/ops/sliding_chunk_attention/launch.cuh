@@ -212,9 +212,11 @@ Status make_plan(const Problem& p, bool aligned, bool backward, bool need_forwar
     pl.decode = true;
     pl.decode_lo = static_cast<int>(first_key(p.prev, p.chunk));
     const std::int64_t hi = std::min(p.prev + p.length - 1, p.keys - 1), span = hi - pl.decode_lo + 1;
-    // Blocks of at most 64 keys, as many as make whole waves of two CTAs per SM (no SM left with
-    // one block more than the others while the rest idle), fewer when the window is short.
-    const std::int64_t want = std::max<std::int64_t>(1, 2 * pl.sm_count / static_cast<std::int64_t>(BH));
+    // Blocks of at most 64 keys, as many as make whole waves of kDecodeCtasPerSm CTAs per SM (no
+    // SM left with one block more than the others while the rest idle), fewer when the window is
+    // short.
+    const std::int64_t want =
+        std::max<std::int64_t>(1, kernels::kDecodeCtasPerSm * pl.sm_count / static_cast<std::int64_t>(BH));
     std::int64_t per = std::max<std::int64_t>((span + want - 1) / want, 16);
     per = std::min<std::int64_t>(std::max(per, (span + kernels::kDecodeMaxSplits - 1) / kernels::kDecodeMaxSplits),
                                  kernels::kDecodeKeys);

@@ -1,5 +1,6 @@
 // Host launchers for the timestep decay normalization CUDA kernels: validation, tiling,
-// workspace. Stream-ordered; never synchronizes or allocates.
+// workspace. Stream-ordered; never synchronizes or allocates. A forward of at most 8 tokens with
+// groups of 32 to 256 channels (a multiple of 32) runs kernel_decode.cuh instead of the tiles.
 #pragma once
 
 #include <cmath>
@@ -10,6 +11,7 @@
 #include "gecko/core/device.hpp"
 #include "gecko/ops/timestep_norm/args.hpp"
 #include "gecko/ops/timestep_norm/kernel.cuh"
+#include "gecko/ops/timestep_norm/kernel_decode.cuh"
 
 namespace gecko::timestep_norm::cuda {
 
@@ -191,7 +193,9 @@ Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std
     return Status::success();
   }
   char* ws = static_cast<char*>(workspace);
-  GECKO_CUDA_RETURN(cudaMemsetAsync(ws, 0, pl.flags_bytes, stream));
+  const bool decode = p.length <= kernels::kDecodeTokens && p.group_size % 32 == 0 &&
+                      p.group_size <= kernels::kDecodeMaxGroup;
+  if (!decode) GECKO_CUDA_RETURN(cudaMemsetAsync(ws, 0, pl.flags_bytes, stream));
   kernels::ForwardParams kp{};
   kp.tl = pl.tl;
   kp.x_sb = a.x.stride(0);
@@ -215,6 +219,12 @@ Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std
   kp.flags = kp.ticket + 1;
   kp.agg = reinterpret_cast<kernels::Aggregate*>(ws + pl.agg_offset);
   kp.incl = reinterpret_cast<kernels::ChainState*>(ws + pl.incl_offset);
+  if (decode) {
+    const long long warps = static_cast<long long>(p.batch) * p.groups;
+    kernels::forward_decode_kernel<T><<<static_cast<unsigned>((warps + 7) / 8), 256, 0, stream>>>(
+        kp, a.x.data, a.weight.data, a.bias.data, a.y.data);
+    return last_launch_status("timestep_norm forward (decode)");
+  }
   unsigned grid = 0;
   if (pl.vec == 1) {
     GECKO_RETURN_IF_ERROR(allow_dynamic_smem(kernels::forward_kernel<T, 1>, pl.smem));

@@ -17,8 +17,8 @@
 namespace gecko::working_memory::kernels {
 
 inline constexpr int kDecodeRows = 4;     // tokens per call on this path
-inline constexpr int kDecodeCols = 64;    // value columns per CTA: 16 threads x 4 columns
-inline constexpr int kDecodeGroups = kThreads / (kDecodeCols / 4);  // 16 groups of feature rows
+inline constexpr int kDecodeCols = 32;    // value columns per CTA: 8 threads x 4 columns (256 CTAs at 7B)
+inline constexpr int kDecodeGroups = kThreads / (kDecodeCols / 4);  // 32 groups of feature rows
 
 struct DecodeParams {
   int B = 0, H = 0, dk = 0, dv = 0, L = 0;
@@ -37,18 +37,19 @@ struct DecodeParams {
   Docs docs;
 };
 
-// grid (dv / 64, B * H), kThreads threads. dk <= 256 and a multiple of 32; dv a multiple of 64;
-// mem (and mem_out) rows 16-byte aligned.
-template <class T>
+// grid (dv / 32, B * H), kThreads threads. dk <= 256 and a multiple of 32; dv a multiple of 64;
+// mem (and mem_out) rows 16-byte aligned. kRows = p.L (1 .. kDecodeRows), a compile-time count so
+// that no instruction is issued for absent rows.
+template <class T, int kRows>
 __global__ void __launch_bounds__(kThreads) decode_read_kernel(const __grid_constant__ DecodeParams p) {
-  __shared__ float qs[kDecodeRows][256];
-  __shared__ float part[kDecodeGroups][kDecodeRows][kDecodeCols];
+  __shared__ float qs[kRows][256];
+  __shared__ float part[kDecodeGroups][kRows][kDecodeCols];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int bh = blockIdx.y, b = bh / p.H, h = bh - b * p.H;
   const int per_lane = p.dk / 32;
 
   // q̂ rows: warp r takes token r (lane holds features lane + 32 e).
-  if (warp < p.L) {
+  if (warp < kRows) {
     const T* src = static_cast<const T*>(p.aq) + b * p.aq_sb + h * p.aq_sh + warp * p.aq_st;
     float x[8];
     float m = -INFINITY;
@@ -73,11 +74,11 @@ __global__ void __launch_bounds__(kThreads) decode_read_kernel(const __grid_cons
   }
   __syncthreads();
 
-  // Stream M: thread (g, q) takes columns c0 + 4q .. +3 of feature rows g, g + 16, ...
+  // Stream M: thread (g, q) takes columns c0 + 4q .. +3 of feature rows g, g + kDecodeGroups, ...
   const int g = tid / (kDecodeCols / 4), q = tid - g * (kDecodeCols / 4);
   const int c = blockIdx.x * kDecodeCols + 4 * q;
   const float* mrow = p.mem + b * p.mi_sb + h * p.mi_sh + c;
-  float acc[kDecodeRows][4] = {};
+  float acc[kRows][4] = {};
   constexpr int kUnroll = 256 / kDecodeGroups;  // every row of a dk = 256 memory in flight
 #pragma unroll
   for (int i0 = 0; i0 < 256; i0 += kDecodeGroups * kUnroll) {
@@ -90,15 +91,14 @@ __global__ void __launch_bounds__(kThreads) decode_read_kernel(const __grid_cons
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = i0 + g + u * kDecodeGroups;
-      if (i >= p.dk) break;
+      if (i >= p.dk) continue;
       if (p.mem_out)
         *reinterpret_cast<float4*>(p.mem_out + b * p.mo_sb + h * p.mo_sh + i * p.mo_ld + c) = mv[u];
       // M as the chunk path's T operand holds it.
       const float m0 = to_float(from_float<T>(mv[u].x)), m1 = to_float(from_float<T>(mv[u].y));
       const float m2 = to_float(from_float<T>(mv[u].z)), m3 = to_float(from_float<T>(mv[u].w));
 #pragma unroll
-      for (int r = 0; r < kDecodeRows; ++r) {
-        if (r >= p.L) break;
+      for (int r = 0; r < kRows; ++r) {
         const float w = qs[r][i];
         acc[r][0] = fmaf(w, m0, acc[r][0]);
         acc[r][1] = fmaf(w, m1, acc[r][1]);
@@ -108,13 +108,13 @@ __global__ void __launch_bounds__(kThreads) decode_read_kernel(const __grid_cons
     }
   }
 #pragma unroll
-  for (int r = 0; r < kDecodeRows; ++r)
+  for (int r = 0; r < kRows; ++r)
 #pragma unroll
     for (int e = 0; e < 4; ++e) part[g][r][4 * q + e] = acc[r][e];
   __syncthreads();
 
-  // Sum the 16 groups in order: thread (r, column).
-  if (tid < p.L * kDecodeCols) {
+  // Sum the groups in order: thread (r, column).
+  if (tid < kRows * kDecodeCols) {
     const int r = tid / kDecodeCols, cc = tid - r * kDecodeCols;
     float sum = 0.f;
 #pragma unroll

@@ -296,7 +296,12 @@ struct CudaExec {
   template <class T>
   Status decode_read(const kernels::DecodeParams& p) const {
     const dim3 grid(static_cast<unsigned>(p.dv / kernels::kDecodeCols), static_cast<unsigned>(p.B * p.H));
-    kernels::decode_read_kernel<T><<<grid, kernels::kThreads, 0, stream>>>(p);
+    switch (p.L) {
+      case 1: kernels::decode_read_kernel<T, 1><<<grid, kernels::kThreads, 0, stream>>>(p); break;
+      case 2: kernels::decode_read_kernel<T, 2><<<grid, kernels::kThreads, 0, stream>>>(p); break;
+      case 3: kernels::decode_read_kernel<T, 3><<<grid, kernels::kThreads, 0, stream>>>(p); break;
+      default: kernels::decode_read_kernel<T, 4><<<grid, kernels::kThreads, 0, stream>>>(p); break;
+    }
     return last_launch_status("working_memory decode read");
   }
   Status grad_stats(const kernels::GradStatsParams& p, std::int64_t blocks) const {
