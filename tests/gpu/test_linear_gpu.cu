@@ -238,6 +238,22 @@ TEST_CASE("gpu linear fp32 matches the CPU reference") { run_all<float>(); }
 TEST_CASE("gpu linear fp16 matches the CPU reference") { run_all<__half>(); }
 TEST_CASE("gpu linear bf16 matches the CPU reference") { run_all<__nv_bfloat16>(); }
 
+// The same few-row shapes with the matrix-vector kernel switched off: cuBLASLt takes them.
+TEST_CASE("gpu linear: few rows on cuBLASLt when the matrix-vector kernel is off") {
+  auto& ctx = context();
+  ctx.set_small_rows_kernel(false);
+  const Case cases[] = {{1, 2, 136, 40, 8, 3, 8}, {1, 3, 1032, 17, 0, 0, 0}, {4, 1, 2056, 24, 0, 5, 0}};
+  std::uint64_t seed = 7000;
+  int k = 0;
+  for (const auto& c : cases)
+    for (Epilogue ep : {Epilogue::kNone, Epilogue::kBias, Epilogue::kBiasSilu, Epilogue::kSilu}) {
+      ++k;
+      run_case<__nv_bfloat16>(ep, c, k % 2 == 0, k % 4 >= 2, k % 3, seed += 13, (k / 2) % 3);
+    }
+  ctx.set_small_rows_kernel(true);
+  CHECK(ctx.small_rows_kernel());
+}
+
 TEST_CASE("gpu linear bf16 covers every flag combination on one shape") {
   const Case c{2, 21, 40, 72, 0, 8, 0};
   std::uint64_t seed = 5000;

@@ -161,8 +161,8 @@ class BlockStream {
   // Device bytes of activations and workspace held for calls (grows to the largest call).
   std::size_t scratch_bytes() const { return act_.size() + ws_.size(); }
 
-  // out = block(x), continuing the stream. x, out: [B, L, D] dense device tensors; bos_mask
-  // [B, L] or empty.
+  // out = block(x) (or the MEGA layer's output with StreamLayers::kMega), continuing the stream.
+  // x, out: [B, L, D] dense device tensors; bos_mask [B, L] or empty.
   Status forward(linear::cuda::Context& ctx, const DeviceParameters<T>& P, const TensorView<const T>& x,
                  const TensorView<const std::uint8_t>& bos_mask, const TensorView<T>& out, cudaStream_t stream) {
     if (B_ == 0) return invalid_argument("BlockStream::forward: call init() first");
