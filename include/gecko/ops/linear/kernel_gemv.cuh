@@ -28,6 +28,7 @@ constexpr int kGemvWarps = 8;      // warps per CTA
 constexpr int kGemvUnroll = 2;     // 16-byte weight loads in flight per lane
 constexpr int kGemvSplit = 8;      // warps sharing one output column
 
+// The rows M are the kernel's kRows template argument.
 template <class T>
 struct GemvParams {
   const T* x = nullptr;      // [M, K], row stride ldx
@@ -37,7 +38,6 @@ struct GemvParams {
   T* y = nullptr;            // [M, N], row stride ldy
   T* pre = nullptr;          // [M, N], row stride ldpre, or null (SiLU only)
   std::int64_t N = 0, K = 0, ldx = 0, ldw = 0, ldy = 0, ldpre = 0, ldres = 0;
-  int M = 0;
   bool silu = false;
 };
 

@@ -97,7 +97,6 @@ Status run_gemv(const ForwardArgs<T>& a, const Problem& p, cudaStream_t stream) 
   g.ldy = p.ldy;
   g.ldpre = p.ldpre;
   g.ldres = p.ldres;
-  g.M = static_cast<int>(p.M);
   g.silu = has_silu(a.epilogue);
   constexpr int kSlots = kernels::kGemvWarps / kSplit;
   const std::int64_t ctas = (p.N + kSlots - 1) / kSlots;

@@ -90,14 +90,17 @@ bool backward_aligned(const BackwardArgs<T>& a) {
          aligned16(a.dv) && aligned16(a.dprev_k) && aligned16(a.dprev_v);
 }
 
-// A [B, H, L] log-sum-exp tensor as the kernels index it (null and zero strides when absent).
+// A [B, H, L] log-sum-exp tensor as the kernels index it (null and zero strides when absent): F is
+// const float where the kernels read it (the backwards), float where they write it (the forwards).
+template <class F>
 struct LseRows {
-  const float* p = nullptr;
+  F* p = nullptr;
   i64 sb = 0, sh = 0, sl = 0;
 };
-inline LseRows lse_rows(const TensorView<const float>& t) {
+template <class F>
+LseRows<F> lse_rows(const TensorView<F>& t) {
   if (t.empty()) return {};
-  return LseRows{t.data, t.strides[0], t.strides[1], t.strides[2]};
+  return LseRows<F>{t.data, t.strides[0], t.strides[1], t.strides[2]};
 }
 
 template <class T>
@@ -202,14 +205,14 @@ Status make_plan(const Problem& p, bool aligned, bool backward, bool need_forwar
     off = align256(off + bytes);
     return at;
   };
-  if (p.n_rope_heads > 0) {
+  pl.decode = pl.fast && !backward && p.length <= kernels::kDecodeRows;
+  if (p.n_rope_heads > 0 && !pl.decode) {  // the decode kernel rotates the call's keys itself
     pl.krot = take(rot_bytes);
     if (backward || !pl.fast) pl.qrot = take(rot_bytes);  // the tensor-core forward rotates q as it loads
   }
   const bool run_fwd = !backward || (pl.fast && need_forward);
-  if (pl.fast && !backward && p.length <= kernels::kDecodeRows) {
-    // Keys [lo, P + L - 1] cover every query's window; one CTA per 64 of them.
-    pl.decode = true;
+  if (pl.decode) {
+    // Keys [lo, P + L - 1] cover every query's window; CTAs take blocks of them.
     pl.decode_lo = static_cast<int>(first_key(p.prev, p.chunk));
     const std::int64_t hi = std::min(p.prev + p.length - 1, p.keys - 1), span = hi - pl.decode_lo + 1;
     // Blocks of at most 64 keys, as many as make whole waves of kDecodeCtasPerSm CTAs per SM (no
@@ -350,10 +353,11 @@ void fill_call(Prm& f, const ForwardArgs<T>& a, const Problem& p) {
   f.scale_log2 = a.scale * kernels::kLog2e;
 }
 
-// The forward on a planned workspace (krot already written when RoPE is on).
+// The forward on a planned workspace (krot already written when RoPE is on, except for decoding).
 template <class T>
 Status run_forward(const ForwardArgs<T>& a, const Problem& p, const Plan& pl, char* ws, cudaStream_t stream) {
-  const T* krot = p.n_rope_heads > 0 ? reinterpret_cast<const T*>(ws + pl.krot) : nullptr;
+  const T* krot = p.n_rope_heads > 0 && !pl.decode ? reinterpret_cast<const T*>(ws + pl.krot) : nullptr;
+  const LseRows<float> lse = lse_rows(a.lse);
   const int BH = static_cast<int>(p.batch * p.heads);
   if constexpr (kTensorCoreType<T>) {
    if (pl.decode) {
@@ -362,7 +366,7 @@ Status run_forward(const ForwardArgs<T>& a, const Problem& p, const Plan& pl, ch
     f.lo = pl.decode_lo;
     f.keys_per_cta = pl.decode_keys;
     f.q = rows_of(a.q);
-    f.kw = key_window(a, p, static_cast<const T*>(nullptr));  // the call's keys unrotated: decode_kernel rotates them
+    f.kw = key_window(a, p, krot);  // null: the call's keys unrotated, decode_kernel rotates them
     f.vw = value_window<ForwardArgs<T>, T>(a, p);
     f.seg = segs_of(a, p);
     f.part_o = reinterpret_cast<float*>(ws + pl.part_o);
@@ -376,19 +380,11 @@ Status run_forward(const ForwardArgs<T>& a, const Problem& p, const Plan& pl, ch
       default: kernels::decode_kernel<T, 4><<<grid, kernels::kThreads, 0, stream>>>(f); break;
     }
     GECKO_RETURN_IF_ERROR(last_launch_status("sliding_chunk_attention decode"));
-    float* lse = nullptr;
-    i64 sb = 0, sh = 0, sl = 0;
-    if (!a.lse.empty()) {
-      lse = a.lse.data;
-      sb = a.lse.strides[0];
-      sh = a.lse.strides[1];
-      sl = a.lse.strides[2];
-    }
     kernels::decode_combine_kernel<T><<<dim3(static_cast<unsigned>((p.dv + kernels::kCombineCols - 1) /
                                                                     kernels::kCombineCols),
                                              static_cast<unsigned>(BH * p.length)),
                                         kernels::kCombineThreads, 0, stream>>>(
-            f.part_o, f.part_ml, pl.splits, f.L, f.H, f.dv, out_rows_of(a.out), lse, sb, sh, sl);
+            f.part_o, f.part_ml, pl.splits, f.L, f.H, f.dv, out_rows_of(a.out), lse.p, lse.sb, lse.sh, lse.sl);
     return last_launch_status("sliding_chunk_attention decode combine");
    }
    if (pl.fast) {
@@ -399,12 +395,10 @@ Status run_forward(const ForwardArgs<T>& a, const Problem& p, const Plan& pl, ch
     f.vw = value_window<ForwardArgs<T>, T>(a, p);
     f.seg = segs_of(a, p);
     f.out = out_rows_of(a.out);
-    if (!a.lse.empty()) {
-      f.lse = a.lse.data;
-      f.lse_sb = a.lse.strides[0];
-      f.lse_sh = a.lse.strides[1];
-      f.lse_sl = a.lse.strides[2];
-    }
+    f.lse = lse.p;
+    f.lse_sb = lse.sb;
+    f.lse_sh = lse.sh;
+    f.lse_sl = lse.sl;
     f.splits = pl.splits;
     if (pl.splits > 1) {
       f.part_o = reinterpret_cast<float*>(ws + pl.part_o);
@@ -443,12 +437,10 @@ Status run_forward(const ForwardArgs<T>& a, const Problem& p, const Plan& pl, ch
   g.vw = value_window<ForwardArgs<T>, T>(a, p);
   g.seg = segs_of(a, p);
   g.out = out_rows_of(a.out);
-  if (!a.lse.empty()) {
-    g.lse = a.lse.data;
-    g.lse_sb = a.lse.strides[0];
-    g.lse_sh = a.lse.strides[1];
-    g.lse_sl = a.lse.strides[2];
-  }
+  g.lse = lse.p;
+  g.lse_sb = lse.sb;
+  g.lse_sh = lse.sh;
+  g.lse_sl = lse.sl;
   fill_theta(a, p, g.theta);
   if (p.n_rope_heads > 0) g.qrot = dense_rows(reinterpret_cast<const T*>(ws + pl.qrot), p);
   const int smem = static_cast<int>((p.dk + 32 + 2 * p.chunk) * 4);
@@ -609,7 +601,7 @@ Status backward_fast(const BackwardArgs<T>& a, const Problem& p, const Plan& pl,
   const int BH = static_cast<int>(p.batch * p.heads);
   // Saved forward results, or a forward of our own.
   kernels::Rows<T> out_rows = detail::rows_of(a.out);
-  detail::LseRows lse = detail::lse_rows(a.lse);
+  detail::LseRows<const float> lse = detail::lse_rows(a.lse);
   if (pl.fwd_inside) {
     ForwardArgs<T> f = forward_inputs_of(a);
     T* out_ws = reinterpret_cast<T*>(ws + pl.out_ws);
@@ -618,7 +610,7 @@ Status backward_fast(const BackwardArgs<T>& a, const Problem& p, const Plan& pl,
     f.lse = TensorView<float>::device(lse_ws, {p.batch, p.heads, p.length});
     GECKO_RETURN_IF_ERROR(detail::run_forward(f, p, pl, ws, stream));
     out_rows = detail::rows_of(TensorView<const T>(f.out));
-    lse = detail::lse_rows(f.lse);
+    lse = detail::lse_rows(TensorView<const float>(f.lse));
   }
   {
     const i64 rows = p.batch * p.length * p.heads;

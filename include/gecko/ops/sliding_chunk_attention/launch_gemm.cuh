@@ -409,7 +409,7 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
   // Saved forward results, or a forward of our own (its workspace needs fit inside ours: the
   // forward plan is the backward's without dP, D, out and lse).
   TensorView<const T> out = a.out;
-  detail::LseRows lse = detail::lse_rows(a.lse);
+  detail::LseRows<const float> lse = detail::lse_rows(a.lse);
   if (pl.fwd_inside) {
     ForwardArgs<T> f = forward_inputs_of(a);
     f.out = TensorView<T>::device(reinterpret_cast<T*>(ws + pl.out_ws), {p.batch, p.length, p.heads, p.dv});
@@ -418,7 +418,7 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
     fo.group_bytes = static_cast<std::size_t>(pl.group) * pl.chunk_stride * 4;  // the forward's group fits in S
     GECKO_RETURN_IF_ERROR(forward(ctx, f, ws, pl.out_ws, stream, fo));
     out = f.out;
-    lse = detail::lse_rows(f.lse);
+    lse = detail::lse_rows(TensorView<const float>(f.lse));
   }
   float* dbuf = reinterpret_cast<float*>(ws + pl.dbuf);
   {
