@@ -133,13 +133,15 @@ void BM_block(benchmark::State& state, bool backward, bool measured, bool graph 
 // Decode: prefill `context` tokens (whole chunks), then time one-token steps in groups of kSteps,
 // host launches included. 3 warm-up groups + 29 timed ones are one chunk's worth of steps, so the
 // attention cache grows from C to 2C - 1 over the run and the median group sits near 1.5 C.
-void BM_decode(benchmark::State& state, layers::cuda::StreamLayers layers) {
+// With graphs, the steps replay CUDA graphs (BlockStream::set_decode_graphs; graph_steps counts them).
+void BM_decode(benchmark::State& state, layers::cuda::StreamLayers layers, bool graphs) {
   add_device_context();
   Model& m = model();
   constexpr int kSteps = 64;
   const std::int64_t B = 1, context = state.range(0), D = m.cfg.model_dim, C = m.cfg.chunk_size;
   layers::cuda::BlockStream<T> s;
   throw_if_error(s.init(m.cfg, B, layers));
+  throw_if_error(s.set_decode_graphs(graphs));
   DeviceBuffer<T> x(static_cast<std::size_t>(C * D)), out(static_cast<std::size_t>(C * D));
   fill_bf16(x.data(), x.size(), 7, 1.f);
   for (std::int64_t p = 0; p < context; p += C)
@@ -157,12 +159,17 @@ void BM_decode(benchmark::State& state, layers::cuda::StreamLayers layers) {
   state.counters["context"] = static_cast<double>(context);
   state.counters["end_position"] = static_cast<double>(s.position());
   state.counters["state_MiB"] = s.state_bytes() / 1048576.0;
+  state.counters["graph_steps"] = static_cast<double>(s.graph_steps());
   if (layers == layers::cuda::StreamLayers::kMega) state.counters["speedup_vs_authors"] = 1.0 / state.counters["step_ms"];
 }
 
-BENCHMARK_CAPTURE(BM_decode, block_bf16, layers::cuda::StreamLayers::kBlock)
+BENCHMARK_CAPTURE(BM_decode, block_bf16, layers::cuda::StreamLayers::kBlock, false)
     ->Arg(4096)->Arg(65536)->ArgName("context")->UseManualTime()->Iterations(29)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_decode, mega_bf16, layers::cuda::StreamLayers::kMega)
+BENCHMARK_CAPTURE(BM_decode, mega_bf16, layers::cuda::StreamLayers::kMega, false)
+    ->Arg(4096)->Arg(65536)->ArgName("context")->UseManualTime()->Iterations(29)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_decode, block_bf16_graph, layers::cuda::StreamLayers::kBlock, true)
+    ->Arg(4096)->Arg(65536)->ArgName("context")->UseManualTime()->Iterations(29)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_decode, mega_bf16_graph, layers::cuda::StreamLayers::kMega, true)
     ->Arg(4096)->Arg(65536)->ArgName("context")->UseManualTime()->Iterations(29)->Unit(benchmark::kMillisecond);
 
 BENCHMARK_CAPTURE(BM_block, fwd_bf16, false, true)

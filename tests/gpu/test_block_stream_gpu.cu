@@ -4,6 +4,8 @@
 // the state stays the same size; bad calls get clear errors.
 #include <doctest/doctest.h>
 
+#include <cstring>
+#include <map>
 #include <random>
 
 #include "gecko/core/buffer.hpp"
@@ -165,6 +167,92 @@ TEST_CASE("gpu block stream equals one training-path forward over the same token
   REQUIRE(pos == L);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   GECKO_CHECK_CLOSE(test::widen(part_d.download()), test::widen(full_d.download()), 2e-2, "stream vs full");
+}
+
+// Decode steps replayed from CUDA graphs against the same stream launched eagerly: prefill, then
+// steps of 1 to 3 tokens across two chunk ends (which run eagerly, as do the first step of each
+// graph shape), with a document start on one step. The graph path differs only in where the
+// attention cuts its key blocks (the grid covers the largest window), so the outputs agree to
+// rounding; replaying the same tokens again after reset() gives bitwise the first replay.
+TEST_CASE("gpu stream decode steps replay CUDA graphs") {
+  using T = __nv_bfloat16;
+  const GeckoConfig c = small_config();
+  const I64 B = 2, D = c.model_dim, C = c.chunk_size;
+  const auto params = make_params(c);
+  linear::cuda::Context ctx;
+  REQUIRE(ctx.init().ok());
+  layers::cuda::DeviceParameters<T> P;
+  REQUIRE(P.upload(params).ok());
+  std::vector<I64> calls = {C};
+  while (true) {  // 1-token steps with a few 2- and 3-token ones, up to 2C + 40 more tokens
+    I64 pos = 0;
+    for (I64 l : calls) pos += l;
+    if (pos >= 3 * C + 40) break;
+    const I64 l = calls.size() % 17 == 5 ? 3 : calls.size() % 13 == 7 ? 2 : 1;
+    calls.push_back(std::min(l, C - pos % C));
+  }
+  I64 total = 0;
+  for (I64 l : calls) total += l;
+  const auto xh = test::random_vector<T>(B * total * D, 77, -2, 2);
+  const I64 bos_at = C + 37;  // a document starts here in row 1 (an eager step between replays)
+
+  for (auto layers : {layers::cuda::StreamLayers::kBlock, layers::cuda::StreamLayers::kMega}) {
+    CAPTURE(layers == layers::cuda::StreamLayers::kMega);
+    layers::cuda::BlockStream<T> eager, graphed;
+    REQUIRE(eager.init(c, B, layers).ok());
+    REQUIRE(graphed.init(c, B, layers).ok());
+    REQUIRE(graphed.set_decode_graphs(true).ok());
+    // One device buffer per call length (graphs are keyed by the addresses they read and write).
+    std::map<I64, DeviceBuffer<T>> x_d, out_d;
+    std::map<I64, DeviceBuffer<std::uint8_t>> bos_d;
+    std::vector<T> first_run;
+    for (int run = 0; run < 2; ++run) {
+      CAPTURE(run);
+      if (run == 1) graphed.reset();
+      I64 pos = 0;
+      std::vector<T> outs;
+      for (I64 L : calls) {
+        CAPTURE(pos);
+        CAPTURE(L);
+        std::vector<T> xs(B * L * D);
+        std::vector<std::uint8_t> bs(B * L, 0);
+        for (I64 b = 0; b < B; ++b) std::copy_n(xh.begin() + (b * total + pos) * D, L * D, xs.begin() + b * L * D);
+        const bool with_bos = pos <= bos_at && bos_at < pos + L;
+        if (with_bos) bs[1 * L + (bos_at - pos)] = 1;
+        x_d[L].upload(xs);
+        if (!out_d.count(L)) out_d.emplace(L, DeviceBuffer<T>(B * L * D));
+        bos_d[L].upload(bs);
+        const TensorView<const T> xv = TensorView<const T>::device(x_d[L].data(), {B, L, D});
+        const TensorView<const std::uint8_t> bv =
+            with_bos ? TensorView<const std::uint8_t>::device(bos_d[L].data(), {B, L}) : TensorView<const std::uint8_t>{};
+        const Status st = graphed.forward(ctx, P, xv, bv, out_d[L].view({B, L, D}), nullptr);
+        REQUIRE_MESSAGE(st.ok(), st.to_string());
+        const auto got = out_d[L].download();
+        outs.insert(outs.end(), got.begin(), got.end());
+        if (run == 0) {
+          DeviceBuffer<T> ref_d(B * L * D);
+          const Status se = eager.forward(ctx, P, xv, bv, ref_d.view({B, L, D}), nullptr);
+          REQUIRE_MESSAGE(se.ok(), se.to_string());
+          GECKO_CHECK_CLOSE(test::widen(got), test::widen(ref_d.download()), 1e-2, "graph vs eager");
+        }
+        pos += L;
+        CHECK(graphed.position() == pos);
+      }
+      if (run == 0) first_run = outs;
+      else CHECK((outs.size() == first_run.size() &&
+                  std::memcmp(outs.data(), first_run.data(), outs.size() * sizeof(T)) == 0));
+    }
+    // All but the chunk-ending steps and the first of each graph shape replayed a graph.
+    CHECK(graphed.graph_steps() > static_cast<I64>(calls.size()));
+    CHECK(eager.graph_steps() == 0);
+  }
+}
+
+TEST_CASE("gpu stream decode graphs are refused for fp32") {
+  layers::cuda::BlockStream<float> gs;
+  const Status s = gs.set_decode_graphs(true);
+  CHECK(s.code() == StatusCode::kUnsupported);
+  CHECK(s.message().find("16-bit") != std::string::npos);
 }
 
 TEST_CASE("gpu block stream rejects bad calls") {

@@ -6,8 +6,10 @@
 #include <doctest/doctest.h>
 
 #include <cstring>
+#include <limits>
 #include <random>
 #include <sstream>
+#include <type_traits>
 
 #include "gecko/core/buffer.hpp"
 #include "gecko/ops/sliding_chunk_attention/launch.cuh"
@@ -32,13 +34,15 @@ struct Case {
   bool backward = true;
   I64 pad = 0;            // extra elements per row of q/k/v/out (strided views; odd = unaligned rows)
   bool accumulate_dv = false;  // dv starts with random values the backward adds to
+  I64 cap = 0;            // > 0 (decoding): the call reads P and start from a device DecodeCursor;
+                          // the device prev tensors have cap rows, those past P poisoned
 };
 
 std::string describe(const Case& c) {
   std::ostringstream s;
   s << "B=" << c.B << " L=" << c.L << " H=" << c.H << " dk=" << c.dk << " dv=" << c.dv << " C=" << c.C << " P=" << c.P
     << " seg=" << c.segments << " rope=" << c.n_rope << " start=" << c.start << " saved=" << c.saved
-    << " pad=" << c.pad << " accumulate_dv=" << c.accumulate_dv;
+    << " pad=" << c.pad << " accumulate_dv=" << c.accumulate_dv << " cap=" << c.cap;
   return s.str();
 }
 
@@ -193,6 +197,33 @@ void run_case(const Case& c, std::uint64_t seed, bool determinism = false,
   if (c.segments) {
     f.segment_idx = seg_d.view({B, L});
     if (P > 0) f.prev_segment_idx = pseg_d.view({B, P});
+  }
+  // Decoding through a cursor: the same rows at the front of cap-row tensors, NaN (ids -1) after.
+  DeviceBuffer<T> cpk_d, cpv_d;
+  DeviceBuffer<I64> cpseg_d;
+  DeviceBuffer<DecodeCursor> cursor_d;
+  if (c.cap > 0) {
+    REQUIRE(c.cap >= P);
+    const auto widen_rows = [&](const auto& src, I64 row, auto poison) {  // row: elements per token
+      std::vector<std::decay_t<decltype(src[0])>> dst(B * c.cap * row, poison);
+      for (I64 b = 0; b < B; ++b) std::copy_n(src.begin() + b * P * row, P * row, dst.begin() + b * c.cap * row);
+      return dst;
+    };
+    const T nan = from_float<T>(std::numeric_limits<float>::quiet_NaN());
+    cpk_d.upload(widen_rows(pk, H * dk, nan));
+    cpv_d.upload(widen_rows(pv, H * dv, nan));
+    f.prev_k = cpk_d.view({B, c.cap, H, dk});
+    f.prev_v = cpv_d.view({B, c.cap, H, dv});
+    if (c.segments) {
+      cpseg_d.upload(widen_rows(pseg, 1, I64{-1}));
+      f.prev_segment_idx = cpseg_d.view({B, c.cap});
+    }
+    DecodeCursor cur;
+    cur.position = c.start;
+    cur.prev = P;
+    cursor_d.upload(std::vector<DecodeCursor>{cur});
+    f.cursor = cursor_d.data();
+    f.rope.start = c.start + 977;  // ignored: the cursor's position counts
   }
   f.out = padded<T>(out_d.data(), B, L, H, dv, pad, Memory::kDevice);
   f.lse = lse_d.view({B, H, L});
@@ -439,6 +470,41 @@ TEST_CASE("gpu sliding chunk attention bf16: tail and decode calls") {
   for (const Case& c : cases) run_case<__nv_bfloat16>(c, seed += 77);
 }
 
+// Graph-replayable decoding: P and the RoPE position come from a device cursor and the prev tensors
+// are larger than P (poisoned past it), at several fill levels of the same capacity.
+TEST_CASE("gpu sliding chunk attention bf16: decoding through a device cursor") {
+  std::uint64_t seed = 21000;
+  for (I64 P : {128, 131, 200, 254}) {
+    Case c;
+    c.C = 128;
+    c.L = P == 131 ? 2 : 1;
+    c.P = P;
+    c.cap = 2 * c.C - 1 - c.L;
+    c.H = 2;
+    c.dk = 128;
+    c.dv = 256;
+    c.n_rope = 1;
+    c.start = 5000 + P;
+    c.segments = P == 200;
+    c.backward = false;
+    run_case<__nv_bfloat16>(c, seed += 31, /*determinism=*/P == 254);
+  }
+  {  // the 7B head shape, a nearly empty cache of the largest capacity
+    Case c;
+    c.C = 2048;
+    c.L = 1;
+    c.P = 2048;
+    c.cap = 4094;
+    c.H = 4;
+    c.dk = 256;
+    c.dv = 2048;
+    c.n_rope = 4;
+    c.start = 1 << 20;
+    c.backward = false;
+    run_case<__nv_bfloat16>(c, seed += 31);
+  }
+}
+
 TEST_CASE("gpu sliding chunk attention: generic path (fp32, unaligned bf16 rows)") {
   Case c;
   c.L = 192;
@@ -559,6 +625,26 @@ TEST_CASE("gpu sliding chunk attention rejects unsupported and bad arguments") {
     return f;
   };
   std::size_t bytes = 0;
+  {  // a cursor needs a decoding call, and device memory the CPU reference cannot read
+    DeviceBuffer<DecodeCursor> cursor(1);
+    auto f = make(64, 64, 64, 64);
+    f.cursor = cursor.data();
+    const Status s = sca::cuda::forward_workspace_size(f, bytes);
+    CHECK(s.code() == StatusCode::kUnsupported);
+    CHECK(s.message().find("cursor") != std::string::npos);
+    std::vector<double> hq(64 * 64);
+    sca::ForwardArgs<double> g;
+    g.chunk = 64;
+    g.q = host_view(hq, {1, 1, 1, 64});
+    g.k = g.q;
+    g.v = g.q;
+    std::vector<double> ho(64);
+    g.out = host_view(ho, {1, 1, 1, 64});
+    g.cursor = cursor.data();
+    const Status sc = sca::cpu::forward(g);
+    CHECK(sc.code() == StatusCode::kUnsupported);
+    CHECK(sc.message().find("cursor") != std::string::npos);
+  }
   {
     const Status s = sca::cuda::forward(make(64, 96, 64, 64), buf.data(), 1 << 17, nullptr);
     CHECK(s.code() == StatusCode::kUnsupported);

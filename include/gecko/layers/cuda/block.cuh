@@ -20,6 +20,7 @@
 #include <map>
 #include <string>
 
+#include "gecko/core/decode_cursor.hpp"
 #include "gecko/core/elementwise.cuh"
 #include "gecko/layers/block/args.hpp"
 #include "gecko/layers/config.hpp"
@@ -183,6 +184,9 @@ struct StreamIO {
   TensorView<float> memory, log_norm;
   // Stop after the MEGA layer: `out` receives its output (the feed-forward is skipped).
   bool mega_only = false;
+  // Graph-replayable decoding: the attention reads position and P here when it runs (the cache
+  // views above then span the largest P); null: `position` and the views' row count.
+  const DecodeCursor* cursor = nullptr;
 };
 
 // The forward: out = block(x). `act` receives what the backward needs.
@@ -278,6 +282,7 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
   sliding_chunk_attention::ForwardArgs<T> sa;
   sa.chunk = d.C;
   sa.rope = c.rope(so ? so->position : 0);
+  sa.cursor = so ? so->cursor : nullptr;
   sa.q = blh<const T>(s.q, B, L, d.H, d.dz);
   sa.k = blh<const T>(s.k, B, L, d.H, d.dz);
   sa.v = blh<const T>(s.v, B, L, d.H, d.dv);

@@ -15,6 +15,9 @@
 // A stream can also run the MEGA layer alone (StreamLayers::kMega: out is the MEGA layer's output,
 // the feed-forward is skipped), which is what the MEGA decode benchmark times.
 //
+// Decode steps can replay CUDA graphs (set_decode_graphs): the attention and the cache update then
+// read the position and the cache length from a device DecodeCursor the step itself advances.
+//
 // Each call runs the block's forward (block.cuh) with the state views, then appends the call's
 // keys and values to the cache in place; when the call ends a chunk the cache is cut to the last
 // C tokens into the second cache buffer (one copy per chunk, not per token). Activations and
@@ -26,11 +29,15 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
+#include <set>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include "gecko/core/buffer.hpp"
+#include "gecko/core/decode_cursor.hpp"
 #include "gecko/layers/cuda/block.cuh"
 #include "gecko/ops/rope/args.hpp"
 #include "gecko/ops/sliding_chunk_attention/kernel_prep.cuh"  // Theta, rope_cos_sin
@@ -58,6 +65,8 @@ struct CacheUpdate {
   CacheJob<T> job[3];  // rotated keys, raw working-memory keys, values
   int dst_row0 = 0, n = 0, old_row0 = 0, n_old = 0, now_row0 = 0, H = 0;
   i64 pos0 = 0;
+  // Graph replay of an append (n_old = 0): dst_row0 and pos0 are the cursor's prev and position.
+  const DecodeCursor* cursor = nullptr;
   sliding_chunk_attention::kernels::Theta theta{};
 };
 
@@ -67,6 +76,8 @@ template <class T>
 __global__ void cache_rows_kernel(const __grid_constant__ CacheUpdate<T> u) {
   const CacheJob<T>& c = u.job[blockIdx.y];
   const int d = c.d, pairs = (d + 1) / 2, H = u.H, n = u.n;
+  const int dst_row0 = u.cursor ? static_cast<int>(u.cursor->prev) : u.dst_row0;
+  const i64 pos0 = u.cursor ? u.cursor->position : u.pos0;
   for (i64 idx = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x; idx < c.total;
        idx += static_cast<i64>(gridDim.x) * blockDim.x) {
     const int pr = static_cast<int>(idx % pairs);
@@ -76,7 +87,7 @@ __global__ void cache_rows_kernel(const __grid_constant__ CacheUpdate<T> u) {
     const int i = static_cast<int>(rest % n);
     const int b = static_cast<int>(rest / n);
     const i64 col = static_cast<i64>(h) * d + 2 * pr;
-    T* out = c.dst + b * c.dst_sb + static_cast<i64>(u.dst_row0 + i) * H * d + col;
+    T* out = c.dst + b * c.dst_sb + static_cast<i64>(dst_row0 + i) * H * d + col;
     const bool has2 = 2 * pr + 1 < d;
     if (i < u.n_old) {
       const T* src = c.old_rows + b * c.old_sb + static_cast<i64>(u.old_row0 + i) * H * d + col;
@@ -89,7 +100,7 @@ __global__ void cache_rows_kernel(const __grid_constant__ CacheUpdate<T> u) {
     if (h < c.n_rope) {
       const float x0 = to_float(src[0]), x1 = to_float(src[1]);
       float cs, sn;
-      sliding_chunk_attention::kernels::rope_cos_sin(u.pos0 + r, u.theta.v[pr], cs, sn);
+      sliding_chunk_attention::kernels::rope_cos_sin(pos0 + r, u.theta.v[pr], cs, sn);
       out[0] = from_float<T>(x0 * cs - x1 * sn);
       out[1] = from_float<T>(x0 * sn + x1 * cs);
     } else {
@@ -99,13 +110,50 @@ __global__ void cache_rows_kernel(const __grid_constant__ CacheUpdate<T> u) {
   }
 }
 
+// The cursor of a graph-replayed step: set from the host's counters before the first replay after
+// eager calls, advanced by the step itself as its last launch.
+template <int kUnused = 0>
+__global__ void cursor_set_kernel(DecodeCursor* c, i64 position, i64 prev) {
+  c->position = position;
+  c->prev = prev;
+}
+template <int kUnused = 0>
+__global__ void cursor_advance_kernel(DecodeCursor* c, i64 n) {
+  c->position += n;
+  c->prev += n;
+}
+
 }  // namespace stream_kernels
 
 // Which layers a stream runs: the whole block, or the MEGA layer alone.
 enum class StreamLayers { kBlock, kMega };
 
+namespace stream_detail {
+
+struct GraphExecDestroy {
+  void operator()(cudaGraphExec_t e) const { cudaGraphExecDestroy(e); }
+};
+struct GraphDestroy {
+  void operator()(cudaGraph_t g) const { cudaGraphDestroy(g); }
+};
+struct StreamDestroy {
+  void operator()(cudaStream_t s) const { cudaStreamDestroy(s); }
+};
+using GraphExec = std::unique_ptr<CUgraphExec_st, GraphExecDestroy>;
+
+// What a decode graph bakes in: the call's length, the ping-pong buffers (timestep norm, cache),
+// and every address it reads or writes that the caller owns.
+using GraphKey = std::tuple<std::int64_t, int, int, const void*, const void*, const void*, const void*, const void*>;
+
+}  // namespace stream_detail
+
 template <class T>
 class BlockStream {
+  using GraphExec = stream_detail::GraphExec;
+  using GraphKey = stream_detail::GraphKey;
+  using StreamDestroy = stream_detail::StreamDestroy;
+  using GraphDestroy = stream_detail::GraphDestroy;
+
  public:
   // Allocates the state of `batch` sequences for config c (fixed size whatever the stream length).
   Status init(const GeckoConfig& c, std::int64_t batch, StreamLayers layers = StreamLayers::kBlock) {
@@ -146,7 +194,27 @@ class BlockStream {
     position_ = cached_ = 0;
     has_memory_ = false;
     cur_ = tn_ = 0;
+    cursor_synced_ = false;
   }
+
+  // Decoding from CUDA graphs (16-bit T; off by default). When on, a call of 1 to 4 tokens that
+  // stays inside a chunk without ending it, once the working memory exists, replays a graph of the
+  // whole step instead of launching its kernels one by one: the attention and the cache update read
+  // the position and the cache length from a device cursor, so one graph serves every such step.
+  // A graph is captured the second time a step of its shape comes (the first runs eagerly, so that
+  // every lazily created GEMM plan exists before capture) and is keyed by the call's length, the
+  // ping-pong buffers in use and the addresses of x, out, bos_mask, the parameters and the context:
+  // call clear_decode_graphs() after freeing or reloading any of those. Steps that end a chunk
+  // (absorbing it into the memory) and all other calls run eagerly as before; both give the same
+  // results up to the summation order of the attention's key blocks.
+  Status set_decode_graphs(bool on) {
+    if (on && std::is_same_v<T, float>)
+      return unsupported("BlockStream: decode graphs need a 16-bit type (the fp32 attention has no decoding kernel)");
+    graphs_on_ = on;
+    return Status::success();
+  }
+  void clear_decode_graphs() { graphs_.clear(); }
+  std::int64_t graph_steps() const { return graph_steps_; }  // steps replayed from a graph so far
 
   std::int64_t position() const { return position_; }
   std::int64_t cached() const { return cached_; }
@@ -189,36 +257,120 @@ class BlockStream {
                               " into a chunk of C=" + std::to_string(C) + ") with L=" + std::to_string(L));
 
     const Dims d = Dims::of(c_, B_, L);
-    const StreamIO<T> so = views();
+    const GraphKey gkey{L, tn_, cur_, x.data, out.data, bos_mask.data, &P, &ctx};
+    const bool replayable = graphs_on_ && L <= sliding_chunk_attention::kernels::kDecodeRows && has_memory_ &&
+                            position_ > 0 && in_chunk + L < C;
+    if (replayable && seen_.count(gkey)) return forward_graph(ctx, P, d, x, bos_mask, out, gkey, stream);
+    if (replayable) seen_.insert(gkey);
+    const StreamIO<T> so = views(cached_);
     const BlockInputs in{bos_mask, {}};
-    // Size the call (a measuring pass, once per call shape: decoding revisits the same few shapes),
-    // grow the owned regions if needed, run it.
-    const SizeKey key{L, cached_, has_memory_, position_ == 0, !bos_mask.empty()};
+    GECKO_RETURN_IF_ERROR(reserve(ctx, P, d, x.data, in, out.data, so));
+    Arena act(act_.data(), act_.size()), ws(ws_.data(), ws_.size());
+    GECKO_RETURN_IF_ERROR(block_forward_impl<T>(ctx, c_, P, d, x.data, in, out.data, act, ws, stream, &so));
+    GECKO_RETURN_IF_ERROR(update_cache(d, stream, nullptr));
+    cursor_synced_ = false;
+    step_done(L);
+    return Status::success();
+  }
+
+ private:
+  // Sizes the call (a measuring pass, once per call shape: decoding revisits the same few shapes) and
+  // grows the owned regions if needed (which drops the graphs: they hold the old addresses).
+  Status reserve(linear::cuda::Context& ctx, const DeviceParameters<T>& P, const Dims& d, const T* x,
+                 const BlockInputs& in, T* out, const StreamIO<T>& so) {
+    const SizeKey key{d.L, so.sca_k.empty() ? 0 : so.sca_k.size(1), has_memory_, position_ == 0, !in.bos_mask.empty()};
     auto known = sizes_.find(key);
     if (known == sizes_.end()) {
       auto ma = Arena::measure(), mw = Arena::measure();
-      GECKO_RETURN_IF_ERROR(block_forward_impl<T>(ctx, c_, P, d, x.data, in, out.data, ma, mw, nullptr, &so));
+      GECKO_RETURN_IF_ERROR(block_forward_impl<T>(ctx, c_, P, d, x, in, out, ma, mw, nullptr, &so));
       if (sizes_.size() >= 65536) sizes_.clear();  // unusual call mixes: stay bounded
       known = sizes_.emplace(key, std::make_pair(ma.peak(), mw.peak())).first;
     }
     try {
-      if (known->second.first > act_.size()) act_.resize(known->second.first);
-      if (known->second.second > ws_.size()) ws_.resize(known->second.second);
+      if (known->second.first > act_.size()) {
+        graphs_.clear();
+        act_.resize(known->second.first);
+      }
+      if (known->second.second > ws_.size()) {
+        graphs_.clear();
+        ws_.resize(known->second.second);
+      }
     } catch (const Error& e) {
       return Status(StatusCode::kCudaError, std::string("BlockStream: ") + e.what());
     }
-    Arena act(act_.data(), act_.size()), ws(ws_.data(), ws_.size());
-    GECKO_RETURN_IF_ERROR(block_forward_impl<T>(ctx, c_, P, d, x.data, in, out.data, act, ws, stream, &so));
-    // The call's q/k/v views live at fixed places of the activation region.
-    Arena again(act_.data(), act_.size());
-    const auto s = BlockActivations<T>::carve(again, d, false);
-    return advance(d, s, stream);
+    return Status::success();
   }
 
- private:
-  StreamIO<T> views() const {
+  // A step replayed from a graph (captured now if this key has none). The graph's views span the
+  // largest cache a replayable step of L tokens sees (2C - 1 - L rows); the cursor says how much
+  // of it is in use.
+  Status forward_graph(linear::cuda::Context& ctx, const DeviceParameters<T>& P, const Dims& d,
+                       const TensorView<const T>& x, const TensorView<const std::uint8_t>& bos_mask,
+                       const TensorView<T>& out, const GraphKey& key, cudaStream_t stream) {
+    if (cursor_.data() == nullptr) {
+      try {
+        cursor_ = DeviceBuffer<DecodeCursor>(1);
+      } catch (const Error& e) {
+        return Status(StatusCode::kCudaError, std::string("BlockStream: ") + e.what());
+      }
+    }
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      StreamIO<T> so = views(2 * c_.chunk_size - 1 - d.L);
+      so.cursor = cursor_.data();
+      const BlockInputs in{bos_mask, {}};
+      GECKO_RETURN_IF_ERROR(reserve(ctx, P, d, x.data, in, out.data, so));
+      GraphExec exec;
+      GECKO_RETURN_IF_ERROR(capture(ctx, P, d, x.data, in, out.data, so, exec));
+      if (graphs_.size() >= 16) graphs_.clear();  // callers cycling through many buffers: stay bounded
+      it = graphs_.emplace(key, std::move(exec)).first;
+    }
+    if (!cursor_synced_) {
+      stream_kernels::cursor_set_kernel<><<<1, 1, 0, stream>>>(cursor_.data(), position_, cached_);
+      GECKO_RETURN_IF_ERROR(last_launch_status("BlockStream cursor"));
+      cursor_synced_ = true;
+    }
+    GECKO_CUDA_RETURN(cudaGraphLaunch(it->second.get(), stream));
+    ++graph_steps_;
+    step_done(d.L);
+    return Status::success();
+  }
+
+  // Records one step (block forward, cache append, cursor advance) into an executable graph, on a
+  // stream of our own (the caller's may be the legacy default stream, which cannot capture).
+  Status capture(linear::cuda::Context& ctx, const DeviceParameters<T>& P, const Dims& d, const T* x,
+                 const BlockInputs& in, T* out, const StreamIO<T>& so, GraphExec& exec) {
+    if (!capture_stream_) {
+      cudaStream_t st = nullptr;
+      GECKO_CUDA_RETURN(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+      capture_stream_.reset(st);
+    }
+    cudaStream_t cs = capture_stream_.get();
+    GECKO_CUDA_RETURN(cudaStreamBeginCapture(cs, cudaStreamCaptureModeThreadLocal));
+    const Status recorded = record_step(ctx, P, d, x, in, out, so, cs);
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(cs, &graph);  // ends the capture whatever happened
+    std::unique_ptr<CUgraph_st, GraphDestroy> owned(graph);
+    GECKO_RETURN_IF_ERROR(recorded);
+    GECKO_CUDA_RETURN(ended);
+    cudaGraphExec_t e = nullptr;
+    GECKO_CUDA_RETURN(cudaGraphInstantiate(&e, graph, 0));
+    exec.reset(e);
+    return Status::success();
+  }
+
+  Status record_step(linear::cuda::Context& ctx, const DeviceParameters<T>& P, const Dims& d, const T* x,
+                     const BlockInputs& in, T* out, const StreamIO<T>& so, cudaStream_t cs) {
+    Arena act(act_.data(), act_.size()), ws(ws_.data(), ws_.size());
+    GECKO_RETURN_IF_ERROR(block_forward_impl<T>(ctx, c_, P, d, x, in, out, act, ws, cs, &so));
+    GECKO_RETURN_IF_ERROR(update_cache(d, cs, so.cursor));
+    stream_kernels::cursor_advance_kernel<><<<1, 1, 0, cs>>>(cursor_.data(), d.L);
+    return last_launch_status("BlockStream cursor advance");
+  }
+
+  StreamIO<T> views(std::int64_t P) const {
     const std::int64_t B = B_, G = c_.timenorm_num_groups, H = c_.num_heads, dz = c_.z_head_dim(), dv = c_.v_head_dim();
-    const std::int64_t cap = 2 * c_.chunk_size, P = cached_;
+    const std::int64_t cap = 2 * c_.chunk_size;
     StreamIO<T> so;
     so.position = position_;
     so.fresh = position_ == 0;
@@ -246,8 +398,12 @@ class BlockStream {
 
   // Appends the call's rotated keys, raw working-memory keys and values to the caches (in place), or
   // when the call ends a chunk writes the last min(P + L, C) rows of [cache ; call] into the other
-  // buffers: one launch for the three caches.
-  Status advance(const Dims& d, const BlockActivations<T>& s, cudaStream_t stream) {
+  // buffers: one launch for the three caches. With a cursor (graph capture, an append) the kernel
+  // reads the row and position from it.
+  Status update_cache(const Dims& d, cudaStream_t stream, const DecodeCursor* cursor) {
+    // The call's q/k/v views live at fixed places of the activation region.
+    Arena again(act_.data(), act_.size());
+    const auto s = BlockActivations<T>::carve(again, d, false);
     const std::int64_t L = d.L, C = c_.chunk_size, P = cached_, len = P + L, H = c_.num_heads;
     const std::int64_t cap = 2 * C;
     const bool ends = (position_ + L) % C == 0;
@@ -255,6 +411,7 @@ class BlockStream {
     stream_kernels::CacheUpdate<T> u;
     u.H = static_cast<int>(H);
     u.pos0 = position_;
+    u.cursor = cursor;
     if (!ends) {  // rows [P, P + L) in place
       u.dst_row0 = static_cast<int>(P);
       u.n = static_cast<int>(L);
@@ -296,12 +453,18 @@ class BlockStream {
       stream_kernels::cache_rows_kernel<T><<<dim3(grid, 3), 256, 0, stream>>>(u);
       GECKO_RETURN_IF_ERROR(last_launch_status("BlockStream cache update"));
     }
+    return Status::success();
+  }
+
+  // The host's side of a finished call of L tokens.
+  void step_done(std::int64_t L) {
+    const std::int64_t C = c_.chunk_size, len = cached_ + L;
+    const bool ends = (position_ + L) % C == 0;
     if (ends) cur_ = 1 - cur_;
     tn_ = 1 - tn_;
     has_memory_ = has_memory_ || position_ + L >= C;  // the working memory exists once a chunk completed
-    cached_ = keep;
+    cached_ = ends ? std::min(len, C) : len;
     position_ += L;
-    return Status::success();
   }
 
   GeckoConfig c_;
@@ -317,6 +480,14 @@ class BlockStream {
   // Measured (activation, workspace) bytes per call shape: L, cached tokens, memory, fresh, bos.
   using SizeKey = std::tuple<std::int64_t, std::int64_t, bool, bool, bool>;
   std::map<SizeKey, std::pair<std::size_t, std::size_t>> sizes_;
+  // Decode graphs: the device cursor, whether it holds the host's counters, the executables by key,
+  // the keys seen once (captured on their second step), and the stream they are captured on.
+  bool graphs_on_ = false, cursor_synced_ = false;
+  std::int64_t graph_steps_ = 0;
+  DeviceBuffer<DecodeCursor> cursor_;
+  std::map<GraphKey, GraphExec> graphs_;
+  std::set<GraphKey> seen_;
+  std::unique_ptr<CUstream_st, StreamDestroy> capture_stream_;
 };
 
 }  // namespace gecko::layers::cuda

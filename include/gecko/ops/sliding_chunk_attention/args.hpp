@@ -28,6 +28,7 @@
 #include <string>
 
 #include "gecko/core/config.hpp"
+#include "gecko/core/decode_cursor.hpp"
 #include "gecko/core/dtype.hpp"
 #include "gecko/core/tensor_view.hpp"
 #include "gecko/ops/rope/args.hpp"
@@ -50,6 +51,11 @@ struct ForwardArgs {
   TensorView<acc_t<T>> lse;                     // [B, H, L] log sum_visible exp(s_ij) per query, or empty
                                                 // (-inf for a row with no visible key, which legal
                                                 // inputs never produce: a query sees itself)
+  // Graph-replayable decoding (CUDA, 16-bit T, L <= 4 on the tail path): a device pointer whose
+  // position and prev the kernels read when they run, in place of rope.start and P. prev_k / prev_v
+  // (and prev_segment_idx) then give the capacity: their row count is the largest P the cursor may
+  // hold, and rows at or past the cursor's prev are never read. Null: the host values.
+  const DecodeCursor* cursor = nullptr;
 };
 
 template <class T>

@@ -10,6 +10,7 @@
 #include <cub/block/block_reduce.cuh>
 #include <cuda/functional>
 
+#include "gecko/core/decode_cursor.hpp"
 #include "gecko/ops/sliding_chunk_attention/kernel_prep.cuh"
 
 namespace gecko::sliding_chunk_attention::kernels {
@@ -32,6 +33,7 @@ struct DecodeParams {
   Segs seg;
   float* part_o = nullptr;   // [splits, B*H, L, dv]
   float* part_ml = nullptr;  // [splits, B*H, L, 2]
+  const DecodeCursor* cursor = nullptr;  // or null: P, keys and start as above (args.hpp)
   float theta[kMaxPairs] = {};
 };
 
@@ -47,8 +49,19 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
   __shared__ float ms[kRows], ls[kRows];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int split = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh - b * p.H;
+  // The window: from the launch arguments, or (graph replay) from the cursor, in which case the
+  // grid covers the largest window and the blocks past this call's keys write empty partials.
+  int P = p.P;
+  i64 start = p.start;
+  Window<T> kw = p.kw, vw = p.vw;
+  Segs seg = p.seg;
+  if (p.cursor) {
+    P = static_cast<int>(p.cursor->prev);
+    start = p.cursor->position;
+    kw.P = vw.P = seg.P = P;
+  }
   const int j0 = p.lo + split * p.keys_per_cta;
-  const int nkeys = min(p.keys_per_cta, p.keys - j0);
+  const int nkeys = min(p.keys_per_cta, P + kRows - j0);
 
   // Queries, rotated at their absolute positions.
   for (int idx = tid; idx < kRows * (p.dk / 2); idx += blockDim.x) {
@@ -57,7 +70,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
     float x0 = to_float(src[0]), x1 = to_float(src[1]);
     if (h < p.n_rope) {
       float c, s;
-      rope_cos_sin(p.start + r, p.theta[i], c, s);
+      rope_cos_sin(start + r, p.theta[i], c, s);
       const float y0 = x0 * c - x1 * s, y1 = x0 * s + x1 * c;
       x0 = y0;
       x1 = y1;
@@ -74,7 +87,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
   for (int t = 0; t < kKeysPerWarp; ++t) {
     const int jj = warp + t * kWarps;
     kraw[t] = make_uint4(0, 0, 0, 0);
-    if (jj < nkeys && d < p.dk) kraw[t] = __ldg(reinterpret_cast<const uint4*>(p.kw.row(b, j0 + jj, h) + d));
+    if (jj < nkeys && d < p.dk) kraw[t] = __ldg(reinterpret_cast<const uint4*>(kw.row(b, j0 + jj, h) + d));
   }
   __syncthreads();  // qs
   // The lane's 8 query elements of every row, in registers for all its keys.
@@ -88,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
     const int jj = warp + t * kWarps, j = j0 + jj;
     // The call's own keys arrive unrotated (the cache holds rotated ones): rotate them here, rounded
     // to T as the cache stores them.
-    const bool rotate = jj < nkeys && j >= p.P && h < p.n_rope;
+    const bool rotate = jj < nkeys && j >= P && h < p.n_rope;
     float acc[kRows] = {};
     if (d < p.dk) {
       const std::uint32_t w[4] = {kraw[t].x, kraw[t].y, kraw[t].z, kraw[t].w};
@@ -97,7 +110,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
         float2 kv = unpack2<T>(w[u]);
         if (rotate) {
           float c, s;
-          rope_cos_sin(p.start + (j - p.P), p.theta[d / 2 + u], c, s);
+          rope_cos_sin(start + (j - P), p.theta[d / 2 + u], c, s);
           kv = make_float2(to_float(from_float<T>(kv.x * c - kv.y * s)), to_float(from_float<T>(kv.x * s + kv.y * c)));
         }
 #pragma unroll
@@ -110,9 +123,9 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
       if (lane == 0) {
-        const int pos = p.P + r;
+        const int pos = P + r;
         bool vis = jj < nkeys && j <= pos && j >= window_lo(pos, p.chunk);
-        if (vis && p.segments) vis = p.seg.key(b, j) == p.seg.query(b, r);
+        if (vis && p.segments) vis = seg.key(b, j) == seg.query(b, r);
         ps[r][jj] = vis ? v * p.scale_log2 : -INFINITY;
       }
     }
@@ -149,7 +162,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
       uint4 raw[kUnrollV];
 #pragma unroll
       for (int u = 0; u < kUnrollV; ++u)
-        raw[u] = jb + u < nkeys ? __ldg(reinterpret_cast<const uint4*>(p.vw.row(b, j0 + jb + u, h) + col))
+        raw[u] = jb + u < nkeys ? __ldg(reinterpret_cast<const uint4*>(vw.row(b, j0 + jb + u, h) + col))
                                 : make_uint4(0, 0, 0, 0);
     // Every loop over u and r is fully unrolled with guards instead of breaks, so raw and acc stay
     // in registers (a runtime index would put them in local memory).

@@ -371,6 +371,7 @@ Status run_forward(const ForwardArgs<T>& a, const Problem& p, const Plan& pl, ch
     f.seg = segs_of(a, p);
     f.part_o = reinterpret_cast<float*>(ws + pl.part_o);
     f.part_ml = reinterpret_cast<float*>(ws + pl.part_ml);
+    f.cursor = a.cursor;
     fill_theta(a, p, f.theta);
     const dim3 grid(static_cast<unsigned>(pl.splits), BH);
     switch (f.L) {
@@ -465,7 +466,12 @@ Status plan_forward(const ForwardArgs<T>& a, Problem& p, Plan& pl) {
   static_assert(!std::is_same_v<T, double>, "the CUDA sliding chunk attention takes float, half or bfloat16");
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
   GECKO_RETURN_IF_ERROR(check_supported(p));
-  return make_plan<T>(p, forward_aligned(a), false, false, pl);
+  GECKO_RETURN_IF_ERROR(make_plan<T>(p, forward_aligned(a), false, false, pl));
+  if (a.cursor && !pl.decode)
+    return unsupported("sliding chunk attention (CUDA): a decode cursor needs a decoding call (16-bit T, L <= " +
+                       std::to_string(kernels::kDecodeRows) + ", 16-byte aligned rows), got L = " +
+                       std::to_string(p.length));
+  return Status::success();
 }
 template <class T>
 Status plan_backward(const BackwardArgs<T>& a, Problem& p, Plan& pl) {

@@ -329,7 +329,7 @@ Status forward_workspace_size(const linear::cuda::Context& ctx, const ForwardArg
                               const GemmOptions& o = {}) {
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
-  if (!gemm_detail::applies<T>(a, p)) return forward_workspace_size(a, bytes);
+  if (a.cursor || !gemm_detail::applies<T>(a, p)) return forward_workspace_size(a, bytes);
   bytes = gemm_detail::make_plan<T>(ctx, p, false, false, o).total;
   return Status::success();
 }
@@ -339,7 +339,7 @@ Status forward(linear::cuda::Context& ctx, const ForwardArgs<T>& a, void* worksp
                cudaStream_t stream, const GemmOptions& o = {}) {
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
-  if (!gemm_detail::applies<T>(a, p)) return forward(a, workspace, workspace_bytes, stream);
+  if (a.cursor || !gemm_detail::applies<T>(a, p)) return forward(a, workspace, workspace_bytes, stream);
   GECKO_RETURN_IF_ERROR(ctx.check_ready());
   const gemm_detail::Plan pl = gemm_detail::make_plan<T>(ctx, p, false, false, o);
   GECKO_RETURN_IF_ERROR(

@@ -109,6 +109,7 @@ template <class T>
 Status forward(const ForwardArgs<T>& a) {
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kHost, p));
+  if (a.cursor) return unsupported("sliding chunk attention (CPU): a decode cursor is device memory; pass rope.start and P");
   const std::vector<float> theta = a.rope.enabled() ? rope::cpu::inv_freqs(a.rope.base, p.dk) : std::vector<float>{};
   std::vector<double> prob, acc(p.dv);
   for (std::int64_t b = 0; b < p.batch; ++b)
