@@ -509,6 +509,11 @@ TEST_CASE("sliding chunk attention rejects bad arguments with a message naming t
   reset();
   REQUIRE(sca::cpu::forward(f).ok());
 
+  const DecodeCursor cursor{};  // device memory for the CUDA decoding kernel only
+  f.cursor = &cursor;
+  has("decode cursor");
+  reset();
+
   f.q = host_view(q, {B, 6, H, dk});
   f.k = host_view(k, {B, 6, H, dk});
   f.v = host_view(v, {B, 6, H, dv});

@@ -57,9 +57,11 @@ struct Window {
   Rows<T> prev, cur, rot;
   int P = 0;
   int n_rope = 0;  // heads [0, n_rope) read `rot` instead of `cur`
-  __device__ __forceinline__ const T* row(int b, int j, int h) const {
-    if (j < P) return prev.at(b, j, h);
-    return (h < n_rope ? rot : cur).at(b, j - P, h);
+  __device__ __forceinline__ const T* row(int b, int j, int h) const { return row(b, j, h, P); }
+  // With the window's split given (decoding through a cursor reads it at run time).
+  __device__ __forceinline__ const T* row(int b, int j, int h, int split) const {
+    if (j < split) return prev.at(b, j, h);
+    return (h < n_rope ? rot : cur).at(b, j - split, h);
   }
 };
 
@@ -70,8 +72,9 @@ struct Segs {
   const i64* pseg = nullptr;
   i64 psb = 0, psl = 0;
   int P = 0;
-  __device__ __forceinline__ i64 key(int b, int j) const {
-    return j < P ? pseg[b * psb + j * psl] : seg[b * sb + (j - P) * sl];
+  __device__ __forceinline__ i64 key(int b, int j) const { return key(b, j, P); }
+  __device__ __forceinline__ i64 key(int b, int j, int split) const {
+    return j < split ? pseg[b * psb + j * psl] : seg[b * sb + (j - split) * sl];
   }
   __device__ __forceinline__ i64 query(int b, int r) const { return seg[b * sb + r * sl]; }
 };

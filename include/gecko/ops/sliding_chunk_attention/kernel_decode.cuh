@@ -41,8 +41,13 @@ struct DecodeParams {
 // both multiples of 8, 16-byte aligned rows.
 // kRows = p.L, the queries of the call (1 .. kDecodeRows): a compile-time count, so that no
 // instruction is issued for rows the call does not have.
-template <class T, int kRows>
-__global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant__ DecodeParams<T> p) {
+// kCursor: the window's P and position come from p.cursor (graph replay); a separate instantiation,
+// so that the launch-argument variant keeps them in the constant bank (the run-time values cost
+// registers, and registers decide how many CTAs an SM holds: one query fits in 64 registers, 4
+// CTAs; the cursor variant is held to that with a few spilled bytes, 0 leaves the others as ptxas
+// chooses).
+template <class T, int kRows, bool kCursor = false>
+__global__ void __launch_bounds__(kThreads, kCursor && kRows == 1 ? kDecodeCtasPerSm : 0) decode_kernel(const __grid_constant__ DecodeParams<T> p) {
   constexpr int kWarps = kThreads / 32, kKeysPerWarp = kDecodeKeys / kWarps;
   __shared__ float qs[kRows][256];
   __shared__ float ps[kRows][kDecodeKeys];
@@ -51,15 +56,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
   const int split = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh - b * p.H;
   // The window: from the launch arguments, or (graph replay) from the cursor, in which case the
   // grid covers the largest window and the blocks past this call's keys write empty partials.
-  int P = p.P;
-  i64 start = p.start;
-  Window<T> kw = p.kw, vw = p.vw;
-  Segs seg = p.seg;
-  if (p.cursor) {
-    P = static_cast<int>(p.cursor->prev);
-    start = p.cursor->position;
-    kw.P = vw.P = seg.P = P;
-  }
+  // (The windows keep their launch-time split; P is passed to their row lookups instead: copies of
+  // them would cost registers.)
+  const int P = kCursor ? static_cast<int>(p.cursor->prev) : p.P;
+  const i64 start = kCursor ? p.cursor->position : p.start;
   const int j0 = p.lo + split * p.keys_per_cta;
   const int nkeys = min(p.keys_per_cta, P + kRows - j0);
 
@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
   for (int t = 0; t < kKeysPerWarp; ++t) {
     const int jj = warp + t * kWarps;
     kraw[t] = make_uint4(0, 0, 0, 0);
-    if (jj < nkeys && d < p.dk) kraw[t] = __ldg(reinterpret_cast<const uint4*>(kw.row(b, j0 + jj, h) + d));
+    if (jj < nkeys && d < p.dk) kraw[t] = __ldg(reinterpret_cast<const uint4*>(p.kw.row(b, j0 + jj, h, P) + d));
   }
   __syncthreads();  // qs
   // The lane's 8 query elements of every row, in registers for all its keys.
@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
       if (lane == 0) {
         const int pos = P + r;
         bool vis = jj < nkeys && j <= pos && j >= window_lo(pos, p.chunk);
-        if (vis && p.segments) vis = seg.key(b, j) == seg.query(b, r);
+        if (vis && p.segments) vis = p.seg.key(b, j, P) == p.seg.query(b, r);
         ps[r][jj] = vis ? v * p.scale_log2 : -INFINITY;
       }
     }
@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
       uint4 raw[kUnrollV];
 #pragma unroll
       for (int u = 0; u < kUnrollV; ++u)
-        raw[u] = jb + u < nkeys ? __ldg(reinterpret_cast<const uint4*>(vw.row(b, j0 + jb + u, h) + col))
+        raw[u] = jb + u < nkeys ? __ldg(reinterpret_cast<const uint4*>(p.vw.row(b, j0 + jb + u, h, P) + col))
                                 : make_uint4(0, 0, 0, 0);
     // Every loop over u and r is fully unrolled with guards instead of breaks, so raw and acc stay
     // in registers (a runtime index would put them in local memory).

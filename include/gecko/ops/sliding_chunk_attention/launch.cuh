@@ -374,12 +374,17 @@ Status run_forward(const ForwardArgs<T>& a, const Problem& p, const Plan& pl, ch
     f.cursor = a.cursor;
     fill_theta(a, p, f.theta);
     const dim3 grid(static_cast<unsigned>(pl.splits), BH);
-    switch (f.L) {
-      case 1: kernels::decode_kernel<T, 1><<<grid, kernels::kThreads, 0, stream>>>(f); break;
-      case 2: kernels::decode_kernel<T, 2><<<grid, kernels::kThreads, 0, stream>>>(f); break;
-      case 3: kernels::decode_kernel<T, 3><<<grid, kernels::kThreads, 0, stream>>>(f); break;
-      default: kernels::decode_kernel<T, 4><<<grid, kernels::kThreads, 0, stream>>>(f); break;
-    }
+    const auto launch = [&](auto cursor) {
+      constexpr bool kCursor = decltype(cursor)::value;
+      switch (f.L) {
+        case 1: kernels::decode_kernel<T, 1, kCursor><<<grid, kernels::kThreads, 0, stream>>>(f); break;
+        case 2: kernels::decode_kernel<T, 2, kCursor><<<grid, kernels::kThreads, 0, stream>>>(f); break;
+        case 3: kernels::decode_kernel<T, 3, kCursor><<<grid, kernels::kThreads, 0, stream>>>(f); break;
+        default: kernels::decode_kernel<T, 4, kCursor><<<grid, kernels::kThreads, 0, stream>>>(f); break;
+      }
+    };
+    if (f.cursor) launch(std::true_type{});
+    else launch(std::false_type{});
     GECKO_RETURN_IF_ERROR(last_launch_status("sliding_chunk_attention decode"));
     kernels::decode_combine_kernel<T><<<dim3(static_cast<unsigned>((p.dv + kernels::kCombineCols - 1) /
                                                                     kernels::kCombineCols),
