@@ -64,7 +64,8 @@ def plot_stream(stream, out):
     reps = sorted(stream["reports"], key=lambda r: r["context"])
     ctx = [r["context"] for r in reps]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(ctx, [r["decode_step_us"] / 1000 for r in reps], "o-", color="tab:green", label="decode step (ms/token)")
+    step = "decode step, CUDA graph" if stream.get("graph_steps", 0) > 0 else "decode step"
+    ax.plot(ctx, [r["decode_step_us"] / 1000 for r in reps], "o-", color="tab:green", label=f"{step} (ms/token)")
     ax.plot(ctx, [r["prefill_us_per_token"] / 1000 for r in reps], "s-", color="tab:blue",
             label="chunked prefill (ms/token)")
     ax.set_xscale("log", base=2)

@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "gecko/ops/working_memory/kernel_common.cuh"
 
@@ -50,13 +51,36 @@ __device__ __forceinline__ const T* key_row(const FeatParams& p, int b, int h, i
   return static_cast<const T*>(p.pk) + b * p.pk_sb + h * p.pk_sh + t * p.pk_st;
 }
 
-// Loads one row of dk features: lane holds pairs (2 lane + 64 k, +1), k < dk / 64.
+// One row of dk features as loaded: lane holds pairs (2 lane + 64 k, +1), k < dk / 64, still
+// packed (32 bits a pair for 16-bit T). The row kernels keep a warp's 8 rows in flight this way and
+// widen one row at a time: holding all 8 as floats cost 112-119 registers, 2 CTAs an SM, and the
+// kernels ran at a third of the copy bandwidth on latency.
 template <class T>
-__device__ __forceinline__ void load_row(const T* src, int lane, int npair, float (&x)[8]) {
+struct RawRow {
+  using Pair = std::conditional_t<std::is_same_v<T, float>, float2, std::uint32_t>;
+  Pair w[4];
+};
+
+// CTAs per SM the 16-bit row kernels are compiled for (feature rows: 80 registers, no spill; κ: 64
+// registers, a few spilled bytes); fp32 (tests) leaves the count to ptxas (0).
+template <class T, int kCtas>
+inline constexpr int kRowCtas = std::is_same_v<T, float> ? 0 : kCtas;
+
+template <class T>
+__device__ __forceinline__ void load_raw(const T* src, int lane, int npair, RawRow<T>& r) {
+  using Pair = typename RawRow<T>::Pair;
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+    if (k < npair) r.w[k] = *reinterpret_cast<const Pair*>(src + 2 * lane + 64 * k);
+}
+
+// The row as floats; -inf past dk.
+template <class T>
+__device__ __forceinline__ void widen(const RawRow<T>& r, int npair, float (&x)[8]) {
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     if (k < npair) {
-      const float2 v = load2<T>(src + 2 * lane + 64 * k);
+      const float2 v = load2<T>(reinterpret_cast<const T*>(&r.w[k]));
       x[2 * k] = v.x;
       x[2 * k + 1] = v.y;
     } else {
@@ -65,7 +89,7 @@ __device__ __forceinline__ void load_row(const T* src, int lane, int npair, floa
   }
 }
 
-// Softmax of a row held as in load_row; writes T to dst (or zeros when masked).
+// Softmax of a row as widen() gives it; writes T to dst (or zeros when masked).
 template <class T>
 __device__ __forceinline__ void softmax_row(const float (&x)[8], int lane, int npair, bool zero, T* dst) {
   float m = -INFINITY;
@@ -86,7 +110,7 @@ __device__ __forceinline__ void softmax_row(const float (&x)[8], int lane, int n
 
 // Blocks [0, B*H*q_blocks) are query blocks, the rest key blocks (b, h, a, 64-token block).
 template <class T>
-__global__ void __launch_bounds__(kThreads) feature_rows_kernel(const __grid_constant__ FeatParams p) {
+__global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(const __grid_constant__ FeatParams p) {
   __shared__ float sm_m[8][256], sm_s[8][256];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int dk = p.dk, npair = dk / 64;
@@ -97,14 +121,14 @@ __global__ void __launch_bounds__(kThreads) feature_rows_kernel(const __grid_con
     const int bh = static_cast<int>(blk / p.q_blocks), qb = static_cast<int>(blk % p.q_blocks);
     const int b = bh / p.H, h = bh % p.H;
     const std::int64_t end = p.q_row0 + p.q_rows;
-    float x[8][8];
+    RawRow<T> raw[8];
     bool masked[8];
 #pragma unroll
     for (int rr = 0; rr < 8; ++rr) {
       const std::int64_t t = p.q_row0 + qb * kRowBlock + warp * 8 + rr;
       masked[rr] = false;
       if (t < end) {
-        load_row<T>(static_cast<const T*>(p.aq) + b * p.aq_sb + h * p.aq_sh + t * p.aq_st, lane, npair, x[rr]);
+        load_raw<T>(static_cast<const T*>(p.aq) + b * p.aq_sb + h * p.aq_sh + t * p.aq_st, lane, npair, raw[rr]);
         std::int64_t id;
         if (p.docs.last(b, t / C - 2, id)) masked[rr] = p.docs.token(b, t) != id;
       }
@@ -112,8 +136,11 @@ __global__ void __launch_bounds__(kThreads) feature_rows_kernel(const __grid_con
 #pragma unroll
     for (int rr = 0; rr < 8; ++rr) {
       const std::int64_t t = p.q_row0 + qb * kRowBlock + warp * 8 + rr;
-      if (t < end)
-        softmax_row<T>(x[rr], lane, npair, masked[rr], static_cast<T*>(p.qhat) + bh * p.qhat_bh + t * dk);
+      if (t < end) {
+        float x[8];
+        widen<T>(raw[rr], npair, x);
+        softmax_row<T>(x, lane, npair, masked[rr], static_cast<T*>(p.qhat) + bh * p.qhat_bh + t * dk);
+      }
     }
     return;
   }
@@ -126,12 +153,12 @@ __global__ void __launch_bounds__(kThreads) feature_rows_kernel(const __grid_con
   const int pc = a - p.hs;  // the source chunk (-1: prev_k)
   std::int64_t doc = 0;
   const bool docs = p.docs.last(b, pc, doc);
-  float x[8][8];
+  RawRow<T> raw[8];
   bool masked[8];
 #pragma unroll
   for (int rr = 0; rr < 8; ++rr) {
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
-    load_row<T>(key_row<T>(p, b, h, pc, t), lane, npair, x[rr]);
+    load_raw<T>(key_row<T>(p, b, h, pc, t), lane, npair, raw[rr]);
     masked[rr] = docs && p.docs.chunk_token(b, pc, t) != doc;
   }
   T* khat = static_cast<T*>(p.khat) + ((static_cast<std::int64_t>(bh) * p.nabs + a) * C) * dk;
@@ -144,11 +171,13 @@ __global__ void __launch_bounds__(kThreads) feature_rows_kernel(const __grid_con
 #pragma unroll
   for (int rr = 0; rr < 8; ++rr) {
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
-    softmax_row<T>(x[rr], lane, npair, false, khat + t * dk);
+    float x[8];
+    widen<T>(raw[rr], npair, x);
+    softmax_row<T>(x, lane, npair, false, khat + t * dk);
     if (!masked[rr]) {
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const float v = x[rr][e];
+        const float v = x[e];
         if (v > cm[e]) {
           cs[e] = cs[e] * expf(cm[e] - v) + 1.f;
           cm[e] = v;
@@ -259,7 +288,7 @@ struct KappaParams {
 
 // Blocks (b, h, a, 64-token block); each warp writes 8 rows of κ.
 template <class T>
-__global__ void __launch_bounds__(kThreads) kappa_kernel(const __grid_constant__ KappaParams p) {
+__global__ void __launch_bounds__(kThreads, kRowCtas<T, 4>) kappa_kernel(const __grid_constant__ KappaParams p) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int dk = p.dk, npair = dk / 64;
   const std::int64_t C = p.chunk;
@@ -291,23 +320,25 @@ __global__ void __launch_bounds__(kThreads) kappa_kernel(const __grid_constant__
   fp.pk_sb = p.pk_sb;
   fp.pk_sh = p.pk_sh;
   fp.pk_st = p.pk_st;
-  float x[8][8];
+  RawRow<T> raw[8];
   bool masked[8];
 #pragma unroll
   for (int rr = 0; rr < 8; ++rr) {
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
-    load_row<T>(key_row<T>(fp, b, h, pc, t), lane, npair, x[rr]);
+    load_raw<T>(key_row<T>(fp, b, h, pc, t), lane, npair, raw[rr]);
     masked[rr] = docs && p.docs.chunk_token(b, pc, t) != doc;
   }
   T* kappa = static_cast<T*>(p.kappa) + ((static_cast<std::int64_t>(bh) * p.nabs + a) * C) * dk;
 #pragma unroll
   for (int rr = 0; rr < 8; ++rr) {
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
+    float x[8];
+    widen<T>(raw[rr], npair, x);
 #pragma unroll
     for (int k = 0; k < 4; ++k)
       if (k < npair) {
-        const float v0 = masked[rr] ? 0.f : expf(x[rr][2 * k] - l[2 * k]);
-        const float v1 = masked[rr] ? 0.f : expf(x[rr][2 * k + 1] - l[2 * k + 1]);
+        const float v0 = masked[rr] ? 0.f : expf(x[2 * k] - l[2 * k]);
+        const float v1 = masked[rr] ? 0.f : expf(x[2 * k + 1] - l[2 * k + 1]);
         store2<T>(kappa + t * dk + 2 * lane + 64 * k, v0, v1);
       }
   }
