@@ -4,6 +4,7 @@
 
 #include "gecko/gecko.hpp"
 #include "gecko/layers/cuda/block.cuh"
+#include "gecko/layers/cuda/feedforward.cuh"
 #include "gecko/layers/cuda/stream.cuh"
 #include "gecko/ops/cema/launch.cuh"
 #include "gecko/ops/gated_combine/launch.cuh"

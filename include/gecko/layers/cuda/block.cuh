@@ -26,6 +26,9 @@
 #include "gecko/layers/config.hpp"
 #include "gecko/layers/cuda/arena.hpp"
 #include "gecko/layers/cuda/device_parameters.cuh"
+#include "gecko/layers/cuda/feedforward.cuh"
+#include "gecko/layers/cuda/linear_steps.cuh"
+#include "gecko/layers/cuda/plan.hpp"
 #include "gecko/layers/cuda/stage.cuh"
 #include "gecko/ops/cema/launch.cuh"
 #include "gecko/ops/gated_combine/launch.cuh"
@@ -95,69 +98,6 @@ struct BlockActivations {
   }
 };
 
-namespace detail {
-
-struct AddOp {
-  __device__ void operator()(const float (&in)[2], float (&out)[1]) const { out[0] = in[0] + in[1]; }
-};
-
-// out = a + b over rows x cols (dense), in T.
-template <class T>
-Status add(Arena& ws, T* out, const T* a, const T* b, std::int64_t rows, std::int64_t cols, cudaStream_t st) {
-  return stage(ws, [&] {
-    elementwise::Problem<T, 2, 1> p;
-    p.rows = rows;
-    p.cols = cols;
-    p.in[0] = a;
-    p.in[1] = b;
-    p.in_stride[0] = p.in_stride[1] = cols;
-    p.out[0] = out;
-    p.out_stride[0] = cols;
-    return elementwise::map(p, AddOp{}, st, "residual add");
-  });
-}
-
-// y = ep(x W^T + bias) [+ residual]; residual may be y itself.
-template <class T>
-Status linear_forward(linear::cuda::Context& ctx, Arena& ws, linear::Epilogue ep, const T* x, std::int64_t rows,
-                      std::int64_t in, const TensorView<const T>& w, const TensorView<const T>& bias, T* y,
-                      std::int64_t out, T* pre, cudaStream_t st, const T* residual = nullptr) {
-  linear::ForwardArgs<T> a;
-  a.epilogue = ep;
-  a.x = TensorView<const T>::device(x, {rows, in});
-  a.weight = w;
-  if (linear::has_bias(ep)) a.bias = bias;
-  a.y = TensorView<T>::device(y, {rows, out});
-  if (pre) a.pre = TensorView<T>::device(pre, {rows, out});
-  if (residual) a.residual = TensorView<const T>::device(residual, {rows, out});
-  return stage(
-      ws, [&](std::size_t& b) { return linear::cuda::forward_workspace_size(ctx, a, b); },
-      [&](void* p, std::size_t b) { return linear::cuda::forward(ctx, a, p, b, st); });
-}
-
-// dx (= or +=) dpre W ; dW = dpre^T x ; db = colsum(dpre).
-template <class T>
-Status linear_backward(linear::cuda::Context& ctx, Arena& ws, linear::Epilogue ep, const T* x, std::int64_t rows,
-                       std::int64_t in, const TensorView<const T>& w, const T* pre, const T* dy, std::int64_t out,
-                       T* dx, bool accumulate_dx, const TensorView<float>& dw, const TensorView<float>& db,
-                       cudaStream_t st, T* dpre = nullptr) {
-  linear::BackwardArgs<T> a;
-  a.epilogue = ep;
-  a.x = TensorView<const T>::device(x, {rows, in});
-  a.weight = w;
-  if (pre) a.pre = TensorView<const T>::device(pre, {rows, out});
-  a.dy = TensorView<const T>::device(dy, {rows, out});
-  if (dx) a.dx = TensorView<T>::device(dx, {rows, in});
-  a.accumulate_dx = accumulate_dx;
-  a.dweight = dw;
-  if (linear::has_bias(ep)) a.dbias = db;
-  if (dpre) a.dpre = TensorView<T>::device(dpre, {rows, out});  // may be dy itself (in place)
-  return stage(
-      ws, [&](std::size_t& b) { return linear::cuda::backward_workspace_size(ctx, a, b); },
-      [&](void* p, std::size_t b) { return linear::cuda::backward(ctx, a, p, b, st); });
-}
-
-}  // namespace detail
 
 struct BlockInputs {
   TensorView<const std::uint8_t> bos_mask;     // [B, L] or empty
@@ -345,26 +285,7 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
   if (so && so->mega_only) return Status::success();
 
   // Normalized SwiGLU feed-forward: out = fc2(silu(fc1(u)) * fc3(u)) + y, u = layernorm(y).
-  group_norm::ForwardArgs<T> ln;
-  ln.kind = group_norm::Kind::kLayer;
-  ln.groups = c.layernorm_num_groups;
-  ln.eps = c.norm_eps;
-  ln.x = TensorView<const T>::device(s.y, {R, d.D});
-  ln.weight = P.t(np + "norm.weight");
-  ln.bias = P.t(np + "norm.bias");
-  ln.y = TensorView<T>::device(s.u, {R, d.D});
-  GECKO_RETURN_IF_ERROR(stage(ws, [&] { return group_norm::cuda::forward(ln, st); }));
-  GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kNone, s.u, R, d.D, P.t(np + "fc1.weight"), {},
-                                          s.a, d.F, nullptr, st));
-  GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kNone, s.u, R, d.D, P.t(np + "fc3.weight"), {},
-                                          s.b, d.F, nullptr, st));
-  swiglu::ForwardArgs<T> sw;
-  sw.a = TensorView<const T>::device(s.a, {R, d.F});
-  sw.b = TensorView<const T>::device(s.b, {R, d.F});
-  sw.hidden = TensorView<T>::device(s.hidden, {R, d.F});
-  GECKO_RETURN_IF_ERROR(stage(ws, [&] { return swiglu::cuda::forward(sw, st); }));
-  return linear_forward<T>(ctx, ws, linear::Epilogue::kNone, s.hidden, R, d.F, P.t(np + "fc2.weight"), {}, out,
-                           d.D, nullptr, st, s.y);
+  return detail::ffn_forward_steps<T>(ctx, c, P, np, R, s.y, out, FfnActivations<T>{s.u, s.a, s.b, s.hidden}, ws, st);
 }
 
 // The backward: dx and every parameter gradient (overwritten) from dout and the activations.
@@ -390,35 +311,10 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
   GECKO_RETURN_IF_ERROR(ws.status("workspace"));
   T *gdz = gz, *gdq = gz + Rz * d.Z, *gdk = gz + 2 * Rz * d.Z, *gdaq = gz + 3 * Rz * d.Z, *gdak = gz + 4 * Rz * d.Z;
 
-  // ---- feed-forward ----
-  // dhidden = dout fc2 ; dfc2 = dout^T hidden
-  GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, none, s.hidden, R, d.F, P.t(np + "fc2.weight"), nullptr, dout,
-                                           d.D, gF1, false, G.g(np + "fc2.weight"), {}, st));
-  swiglu::BackwardArgs<T> sb;
-  sb.a = TensorView<const T>::device(s.a, {R, d.F});
-  sb.b = TensorView<const T>::device(s.b, {R, d.F});
-  sb.dhidden = TensorView<const T>::device(gF1, {R, d.F});
-  sb.da = TensorView<T>::device(gF2, {R, d.F});
-  sb.db = TensorView<T>::device(gF3, {R, d.F});
-  GECKO_RETURN_IF_ERROR(stage(ws, [&] { return swiglu::cuda::backward(sb, st); }));
-  GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, none, s.u, R, d.D, P.t(np + "fc1.weight"), nullptr, gF2, d.F, g1,
-                                           false, G.g(np + "fc1.weight"), {}, st));
-  GECKO_RETURN_IF_ERROR(linear_backward<T>(ctx, ws, none, s.u, R, d.D, P.t(np + "fc3.weight"), nullptr, gF3, d.F, g1,
-                                           true, G.g(np + "fc3.weight"), {}, st));
-  group_norm::BackwardArgs<T> lb;
-  lb.kind = group_norm::Kind::kLayer;
-  lb.groups = c.layernorm_num_groups;
-  lb.eps = c.norm_eps;
-  lb.x = TensorView<const T>::device(s.y, {R, d.D});
-  lb.weight = P.t(np + "norm.weight");
-  lb.dy = TensorView<const T>::device(g1, {R, d.D});
-  lb.dx = TensorView<T>::device(dy, {R, d.D});
-  lb.dx_add = TensorView<const T>::device(dout, {R, d.D});  // + the residual path
-  lb.dweight = G.g(np + "norm.weight");
-  lb.dbias = G.g(np + "norm.bias");
-  GECKO_RETURN_IF_ERROR(stage(
-      ws, [&](std::size_t& b) { return group_norm::cuda::backward_workspace_size(lb, b); },
-      [&](void* p, std::size_t b) { return group_norm::cuda::backward(lb, p, b, st); }));
+  // ---- feed-forward: dy = its dx (the residual's dout included) ----
+  GECKO_RETURN_IF_ERROR(detail::ffn_backward_steps<T>(ctx, c, P, G, np, R, s.y,
+                                                      FfnActivations<T>{s.u, s.a, s.b, s.hidden}, dout, dy,
+                                                      FfnScratch<T>{gF1, gF2, gF3, g1}, ws, st));
 
   // ---- MEGA: y = wh1(mx) + wh2(attn) + x ----
   // dattn = dy wh2 (into gF1); dmx = dy wh1 (into g1)
@@ -558,11 +454,6 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
 
 // ---- public entry points ----------------------------------------------------------------------
 
-struct BlockPlan {
-  std::size_t activation_bytes = 0;  // kept from forward to backward
-  std::size_t workspace_bytes = 0;   // scratch for either pass
-};
-
 // One call: x, out and the document masks of [B, L] tokens (device memory, dense).
 template <class T>
 struct BlockCall {
@@ -573,35 +464,6 @@ struct BlockCall {
 
 namespace detail {
 
-// Gradient views with fake addresses, for measuring the backward's workspace.
-class MeasuringGradients {
- public:
-  explicit MeasuringGradients(const GeckoConfig& c) {
-    for (const auto& spec : block::parameter_specs(c)) {
-      std::size_t n = 1;
-      for (auto e : spec.shape) n *= static_cast<std::size_t>(e);
-      TensorView<float> v;
-      v.data = arena_.take<float>(n);
-      v.rank = static_cast<int>(spec.shape.size());
-      v.memory = Memory::kDevice;
-      std::int64_t st = 1;
-      for (int k = v.rank - 1; k >= 0; --k) {
-        v.shape[k] = spec.shape[k];
-        v.strides[k] = st;
-        st *= spec.shape[k];
-      }
-      views_[spec.name] = v;
-    }
-  }
-  TensorView<float> g(const std::string& name) const {
-    auto it = views_.find(name);
-    return it == views_.end() ? TensorView<float>{} : it->second;
-  }
-
- private:
-  Arena arena_ = Arena::measure();
-  std::map<std::string, TensorView<float>> views_;
-};
 
 template <class T>
 Status check_call(const GeckoConfig& c, const BlockCall<T>& call, Dims& d) {
@@ -651,7 +513,7 @@ Status block_plan(linear::cuda::Context& ctx, const GeckoConfig& c, const Device
   const BlockInputs in{call.bos_mask, call.segment_idx};
   auto act = Arena::measure(), ws = Arena::measure();
   GECKO_RETURN_IF_ERROR(block_forward_impl<T>(ctx, c, P, d, x, in, out, act, ws, nullptr));
-  const detail::MeasuringGradients grads(c);
+  const detail::MeasuringGradients grads(block::parameter_specs(c));
   auto act2 = Arena::measure(), ws2 = Arena::measure();
   GECKO_RETURN_IF_ERROR(block_backward_impl<T>(ctx, c, P, grads, d, x, in, out, out, act2, ws2, nullptr));
   plan.activation_bytes = act.peak();
