@@ -396,6 +396,23 @@ TEST_CASE("gpu working memory fp32 matches the CPU reference") {
   full_suite<float>();
   tail_suite<float>();
 }
+// The fp32 engine predicates k, so any chunk works (the 16-bit path wants multiples of 64): chunks of
+// 16 (the golden MEGA cases'), 24, 40 and 100 (a partial second 64-token row block), full and tail
+// paths.
+TEST_CASE("gpu working memory fp32 with chunks that are not multiples of 64") {
+  std::uint64_t seed = 7100;
+  const Shape shapes[] = {
+      {2, 64, 2, 256, 64, 16, true, true},         // C = 16, dk 256, dv 64: documents, resets
+      {1, 96, 1, 64, 128, 24, false, true},        // no state
+      {2, 200, 2, 128, 64, 40, true, false},       // 5 chunks
+      {1, 300, 1, 64, 64, 100, true, true},        // 3 chunks of 100
+      {2, 5, 1, 64, 64, 16, true, true, 20},       // tail, no absorb
+      {1, 1, 2, 64, 64, 16, true, false, 31},      // one token that completes a chunk
+      {2, 7, 1, 64, 64, 16, false, true, 9},       // the first chunk completes: the empty state
+  };
+  for (const auto& s : shapes) run_case<float>(s, seed += 13);
+}
+
 TEST_CASE("gpu working memory bf16 matches the CPU reference") {
   full_suite<__nv_bfloat16>();
   tail_suite<__nv_bfloat16>();

@@ -99,9 +99,14 @@ struct BlockActivations {
 };
 
 
+// Which layers a call runs: the whole block, or the MEGA layer alone (its output is the call's out;
+// the feed-forward is skipped, its activation buffers are still reserved).
+enum class BlockLayers { kBlock, kMega };
+
 struct BlockInputs {
   TensorView<const std::uint8_t> bos_mask;     // [B, L] or empty
   TensorView<const std::int64_t> segment_idx;  // [B, L] or empty
+  BlockLayers layers = BlockLayers::kBlock;
 };
 
 // The carried state of a streaming call (stream.cuh), as views: what the call reads and where the
@@ -277,12 +282,13 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
   ws.rewind(mark);
 
   // y = wh1(mx) + x, then y += wh2(attn): the residual rides in the GEMMs' C operand (beta = 1).
-  T* const y = so && so->mega_only ? out : s.y;
+  const bool mega_only = (so && so->mega_only) || in.layers == BlockLayers::kMega;
+  T* const y = mega_only ? out : s.y;
   GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kBias, s.mx, R, d.D, P.t(mp + "wh1.weight"),
                                           P.t(mp + "wh1.bias"), y, d.D, nullptr, st, x));
   GECKO_RETURN_IF_ERROR(linear_forward<T>(ctx, ws, linear::Epilogue::kNone, s.attn, R, d.E, P.t(mp + "wh2.weight"),
                                           {}, y, d.D, nullptr, st, y));
-  if (so && so->mega_only) return Status::success();
+  if (mega_only) return Status::success();
 
   // Normalized SwiGLU feed-forward: out = fc2(silu(fc1(u)) * fc3(u)) + y, u = layernorm(y).
   return detail::ffn_forward_steps<T>(ctx, c, P, np, R, s.y, out, FfnActivations<T>{s.u, s.a, s.b, s.hidden}, ws, st);
@@ -311,10 +317,14 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
   GECKO_RETURN_IF_ERROR(ws.status("workspace"));
   T *gdz = gz, *gdq = gz + Rz * d.Z, *gdk = gz + 2 * Rz * d.Z, *gdaq = gz + 3 * Rz * d.Z, *gdak = gz + 4 * Rz * d.Z;
 
-  // ---- feed-forward: dy = its dx (the residual's dout included) ----
-  GECKO_RETURN_IF_ERROR(detail::ffn_backward_steps<T>(ctx, c, P, G, np, R, s.y,
-                                                      FfnActivations<T>{s.u, s.a, s.b, s.hidden}, dout, dy,
-                                                      FfnScratch<T>{gF1, gF2, gF3, g1}, ws, st));
+  // ---- feed-forward: dy = its dx (the residual's dout included); the MEGA layer alone: dy = dout ----
+  if (in.layers == BlockLayers::kMega) {
+    dy = const_cast<T*>(dout);  // only read from here on
+  } else {
+    GECKO_RETURN_IF_ERROR(detail::ffn_backward_steps<T>(ctx, c, P, G, np, R, s.y,
+                                                        FfnActivations<T>{s.u, s.a, s.b, s.hidden}, dout, dy,
+                                                        FfnScratch<T>{gF1, gF2, gF3, g1}, ws, st));
+  }
 
   // ---- MEGA: y = wh1(mx) + wh2(attn) + x ----
   // dattn = dy wh2 (into gF1); dmx = dy wh1 (into g1)
@@ -460,6 +470,7 @@ struct BlockCall {
   TensorView<const T> x;                       // [B, L, D]
   TensorView<const std::uint8_t> bos_mask;     // [B, L] or empty
   TensorView<const std::int64_t> segment_idx;  // [B, L] or empty
+  BlockLayers layers = BlockLayers::kBlock;    // kMega: the MEGA layer alone (parameters "mega.*" only)
 };
 
 namespace detail {
@@ -510,7 +521,7 @@ Status block_plan(linear::cuda::Context& ctx, const GeckoConfig& c, const Device
   auto fake = Arena::measure();
   const T* x = fake.take<T>(static_cast<std::size_t>(d.rows()) * d.D);
   T* out = fake.take<T>(static_cast<std::size_t>(d.rows()) * d.D);
-  const BlockInputs in{call.bos_mask, call.segment_idx};
+  const BlockInputs in{call.bos_mask, call.segment_idx, call.layers};
   auto act = Arena::measure(), ws = Arena::measure();
   GECKO_RETURN_IF_ERROR(block_forward_impl<T>(ctx, c, P, d, x, in, out, act, ws, nullptr));
   const detail::MeasuringGradients grads(block::parameter_specs(c));
@@ -530,7 +541,7 @@ Status block_forward(linear::cuda::Context& ctx, const GeckoConfig& c, const Dev
   GECKO_RETURN_IF_ERROR(detail::check_call(c, call, d));
   GECKO_RETURN_IF_ERROR(detail::check_out(out, "out", d));
   Arena act(activations, activation_bytes), ws(workspace, workspace_bytes);
-  return block_forward_impl<T>(ctx, c, P, d, call.x.data, BlockInputs{call.bos_mask, call.segment_idx}, out.data, act,
+  return block_forward_impl<T>(ctx, c, P, d, call.x.data, BlockInputs{call.bos_mask, call.segment_idx, call.layers}, out.data, act,
                                ws, stream);
 }
 
@@ -546,7 +557,7 @@ Status block_backward(linear::cuda::Context& ctx, const GeckoConfig& c, const De
   GECKO_RETURN_IF_ERROR(detail::check_out(dout, "dout", d));
   GECKO_RETURN_IF_ERROR(detail::check_out(dx, "dx", d));
   Arena act(activations, activation_bytes), ws(workspace, workspace_bytes);
-  return block_backward_impl<T>(ctx, c, P, grads, d, call.x.data, BlockInputs{call.bos_mask, call.segment_idx},
+  return block_backward_impl<T>(ctx, c, P, grads, d, call.x.data, BlockInputs{call.bos_mask, call.segment_idx, call.layers},
                                 dout.data, dx.data, act, ws, stream);
 }
 

@@ -126,7 +126,7 @@ __global__ void cursor_advance_kernel(DecodeCursor* c, i64 n) {
 }  // namespace stream_kernels
 
 // Which layers a stream runs: the whole block, or the MEGA layer alone.
-enum class StreamLayers { kBlock, kMega };
+using StreamLayers = BlockLayers;
 
 namespace stream_detail {
 

@@ -23,6 +23,9 @@ namespace gecko::working_memory::kernels {
 
 inline constexpr int kRowBlock = 64;  // tokens per block of the row kernels and the column statistics
 
+// Blocks of kRowBlock tokens per chunk (the last one partial when C is not a multiple).
+GECKO_HOST_DEVICE inline std::int64_t row_blocks(std::int64_t chunk) { return (chunk + kRowBlock - 1) / kRowBlock; }
+
 struct FeatParams {
   int B = 0, H = 0, dk = 0;
   std::int64_t chunk = 0;
@@ -145,7 +148,7 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
     return;
   }
   blk -= nq;
-  const int kbn = static_cast<int>(C / kRowBlock);
+  const int kbn = static_cast<int>(row_blocks(C));
   const int kb = static_cast<int>(blk % kbn);
   const int a = static_cast<int>((blk / kbn) % p.nabs);
   const int bh = static_cast<int>(blk / (static_cast<std::int64_t>(kbn) * p.nabs));
@@ -154,12 +157,15 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
   std::int64_t doc = 0;
   const bool docs = p.docs.last(b, pc, doc);
   RawRow<T> raw[8];
-  bool masked[8];
+  bool masked[8];  // also the rows past the chunk's end (a partial last block): neither read nor written
 #pragma unroll
   for (int rr = 0; rr < 8; ++rr) {
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
-    load_raw<T>(key_row<T>(p, b, h, pc, t), lane, npair, raw[rr]);
-    masked[rr] = docs && p.docs.chunk_token(b, pc, t) != doc;
+    masked[rr] = t >= C;
+    if (t < C) {
+      load_raw<T>(key_row<T>(p, b, h, pc, t), lane, npair, raw[rr]);
+      masked[rr] = docs && p.docs.chunk_token(b, pc, t) != doc;
+    }
   }
   T* khat = static_cast<T*>(p.khat) + ((static_cast<std::int64_t>(bh) * p.nabs + a) * C) * dk;
   float cm[8], cs[8];
@@ -171,6 +177,7 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
 #pragma unroll
   for (int rr = 0; rr < 8; ++rr) {
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
+    if (t >= C) continue;
     float x[8];
     widen<T>(raw[rr], npair, x);
     softmax_row<T>(x, lane, npair, false, khat + t * dk);
@@ -292,7 +299,7 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 4>) kappa_kernel(const _
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int dk = p.dk, npair = dk / 64;
   const std::int64_t C = p.chunk;
-  const int kbn = static_cast<int>(C / kRowBlock);
+  const int kbn = static_cast<int>(row_blocks(C));
   const std::int64_t blk = blockIdx.x;
   const int kb = static_cast<int>(blk % kbn);
   const int a = static_cast<int>((blk / kbn) % p.nabs);
@@ -325,13 +332,17 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 4>) kappa_kernel(const _
 #pragma unroll
   for (int rr = 0; rr < 8; ++rr) {
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
-    load_raw<T>(key_row<T>(fp, b, h, pc, t), lane, npair, raw[rr]);
-    masked[rr] = docs && p.docs.chunk_token(b, pc, t) != doc;
+    masked[rr] = false;
+    if (t < C) {
+      load_raw<T>(key_row<T>(fp, b, h, pc, t), lane, npair, raw[rr]);
+      masked[rr] = docs && p.docs.chunk_token(b, pc, t) != doc;
+    }
   }
   T* kappa = static_cast<T*>(p.kappa) + ((static_cast<std::int64_t>(bh) * p.nabs + a) * C) * dk;
 #pragma unroll
   for (int rr = 0; rr < 8; ++rr) {
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
+    if (t >= C) continue;  // past a partial last block
     float x[8];
     widen<T>(raw[rr], npair, x);
 #pragma unroll

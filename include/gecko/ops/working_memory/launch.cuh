@@ -104,7 +104,7 @@ Plan make_plan(const Problem& p, bool backward, bool split = false) {
   pl.qhat = take_front(bh * pl.lq * dk, sizeof(T));
   pl.khat = take_front(bh * na * C * dk, sizeof(T));
   pl.kappa = take_front(bh * na * C * dk, sizeof(T));
-  pl.kstat = take_front(bh * na * (C / kernels::kRowBlock) * dk, sizeof(float2));
+  pl.kstat = take_front(bh * na * kernels::row_blocks(C) * dk, sizeof(float2));
   pl.ell = take_front(bh * na * dk, sizeof(float));
   pl.rho = take_front(bh * na * dk, sizeof(float));
   pl.resets = take_front(B * na, 1);
@@ -155,9 +155,11 @@ Status check_common(const A& a, const Problem& p) {
     return unsupported("working memory (CUDA): dk must be 64, 128, 192 or 256, got " + std::to_string(p.dk));
   if (p.dv % 64 != 0)
     return unsupported("working memory (CUDA): dv must be a multiple of 64, got " + std::to_string(p.dv));
-  if (p.chunk % 64 != 0)
-    return unsupported("working memory (CUDA): the chunk size must be a multiple of 64, got " +
-                       std::to_string(p.chunk));
+  // The tensor-core engine steps k (the chunk's tokens in W, G and E) by whole 64-token blocks; the
+  // fp32 engine predicates k, rows and columns, so any chunk works there.
+  if (kTensorCores<T> && p.chunk % 64 != 0)
+    return unsupported("working memory (CUDA): with 16-bit types the chunk size must be a multiple of 64, got " +
+                       std::to_string(p.chunk) + " (float takes any chunk)");
   if (p.batch * p.heads * (p.dv / 32) > 0x7fffffff || p.length > 0x3fffffff)
     return unsupported("working memory (CUDA): problem too large");
   GECKO_RETURN_IF_ERROR(check_aligned16(a.aq, "aq"));
@@ -365,7 +367,7 @@ Status run_front(const A& a, const Plan& pl, char* ws, char* fr, const TensorVie
   const Problem& p = pl.p;
   const std::int64_t B = p.batch, H = p.heads, dk = p.dk, dv = p.dv, C = p.chunk;
   const kernels::Docs docs = make_docs(a, p);
-  const int kbn = static_cast<int>(C / kernels::kRowBlock);
+  const int kbn = static_cast<int>(kernels::row_blocks(C));
 
   // 1. feature rows.
   kernels::FeatParams fp;
