@@ -261,7 +261,10 @@ class BlockStream {
     const bool replayable = graphs_on_ && L <= sliding_chunk_attention::kernels::kDecodeRows && has_memory_ &&
                             position_ > 0 && in_chunk + L < C;
     if (replayable && seen_.count(gkey)) return forward_graph(ctx, P, d, x, bos_mask, out, gkey, stream);
-    if (replayable) seen_.insert(gkey);
+    if (replayable) {
+      if (seen_.size() >= 64) seen_.clear();  // stay bounded, as the graphs do
+      seen_.insert(gkey);
+    }
     const StreamIO<T> so = views(cached_);
     const BlockInputs in{bos_mask, {}};
     GECKO_RETURN_IF_ERROR(reserve(ctx, P, d, x.data, in, out.data, so));
