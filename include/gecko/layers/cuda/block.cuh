@@ -28,7 +28,7 @@
 #include "gecko/layers/cuda/device_parameters.cuh"
 #include "gecko/layers/cuda/feedforward.cuh"
 #include "gecko/layers/cuda/linear_steps.cuh"
-#include "gecko/layers/cuda/plan.hpp"
+#include "gecko/layers/cuda/plan.cuh"
 #include "gecko/layers/cuda/stage.cuh"
 #include "gecko/ops/cema/launch.cuh"
 #include "gecko/ops/gated_combine/launch.cuh"

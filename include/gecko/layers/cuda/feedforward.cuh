@@ -19,7 +19,7 @@
 #include "gecko/layers/cuda/arena.hpp"
 #include "gecko/layers/cuda/device_parameters.cuh"
 #include "gecko/layers/cuda/linear_steps.cuh"
-#include "gecko/layers/cuda/plan.hpp"
+#include "gecko/layers/cuda/plan.cuh"
 #include "gecko/layers/cuda/stage.cuh"
 #include "gecko/layers/nffn/args.hpp"
 #include "gecko/ops/group_norm/launch.cuh"

@@ -11,6 +11,7 @@
 
 #include "gecko/core/tensor_view.hpp"
 #include "gecko/layers/cuda/arena.hpp"
+#include "gecko/layers/cuda/device_parameters.cuh"  // Entry, view_of
 #include "gecko/layers/parameters.hpp"
 
 namespace gecko::layers::cuda {
@@ -27,19 +28,10 @@ class MeasuringGradients {
  public:
   explicit MeasuringGradients(const std::vector<ParamSpec>& specs, const std::string& prefix = "") {
     for (const auto& spec : specs) {
-      std::size_t n = 1;
-      for (auto e : spec.shape) n *= static_cast<std::size_t>(e);
-      TensorView<float> v;
-      v.data = arena_.take<float>(n);
-      v.rank = static_cast<int>(spec.shape.size());
-      v.memory = Memory::kDevice;
-      std::int64_t st = 1;
-      for (int k = v.rank - 1; k >= 0; --k) {
-        v.shape[k] = spec.shape[k];
-        v.strides[k] = st;
-        st *= spec.shape[k];
-      }
-      views_[prefix + spec.name] = v;
+      Entry e;
+      e.shape = spec.shape;
+      char* at = reinterpret_cast<char*>(arena_.take<float>(static_cast<std::size_t>(e.numel())));
+      views_[prefix + spec.name] = view_of<float>(at, e);
     }
   }
   TensorView<float> g(const std::string& name) const {
