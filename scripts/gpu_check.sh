@@ -57,6 +57,8 @@ fi
 if [ "${GECKO_SKIP_PEER:-0}" != 1 ] && python3 -c "import torch" 2>/dev/null; then
   step "peer: Llama2-7B block (PyTorch SDPA)"
   python3 "$HERE/llama2_block.py" "$OUT/llama2_block.json" 4096 16384 32768 2>&1 | tee -a "$LOG"
+  step "peer: sliding chunk attention by PyTorch SDPA, dv in 256-wide slices"
+  timeout 300 python3 "$HERE/sca_sdpa_slices.py" "$OUT/sca_sdpa_slices.json" 4096 16384 65536 2>&1 | tee -a "$LOG"
 fi
 
 if [ -n "${GECKO_NCU_FILTER:-}" ] && command -v ncu >/dev/null; then
