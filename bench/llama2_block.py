@@ -12,6 +12,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from torch_peer import rope, timed
+
 D, H, FF = 4096, 32, 11008
 
 
@@ -23,10 +25,6 @@ class RMSNorm(torch.nn.Module):
     def forward(self, x):
         return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5).to(x.dtype) * self.w
 
-
-def rope(x, cos, sin):
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
 
 
 class Block(torch.nn.Module):
@@ -47,21 +45,6 @@ class Block(torch.nn.Module):
         g, u = self.w13(self.n2(h)).chunk(2, -1)
         return h + self.w2(F.silu(g) * u)
 
-
-def timed(fn, reps=10, warm=3):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        out.append(s.elapsed_time(e))
-    out.sort()
-    return out[len(out) // 2]
 
 
 def main():

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
+from torch_peer import rope, timed
+
 H, DK, DV, C, SLICE = 4, 256, 2048, 2048, 256
 
 
@@ -32,10 +34,6 @@ def visible_pairs(L, c):
     n = L // c
     return n * c * (c + 1) // 2 + (n - 1) * c * c
 
-
-def rope(x, cos, sin):
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
 
 
 def rope_tables(L, d, device):
@@ -91,21 +89,6 @@ def self_check(device):
         raise SystemExit(f"self-check failed: relative error {err:.3e}")
     return err
 
-
-def timed(fn, reps=10, warm=3):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        out.append(s.elapsed_time(e))
-    out.sort()
-    return out[len(out) // 2]
 
 
 def main():

@@ -15,7 +15,8 @@ cp "$(ldconfig -p | awk '/libbenchmark.so.1debian / {print $NF; exit}')" "$B/" 2
   cp /usr/lib/x86_64-linux-gnu/libbenchmark.so.1* "$B/"
 golden="${GECKO_GOLDEN_DIR:-$GECKO_ROOT/../shared/golden}"
 [ -d "$golden" ] && cp "$golden"/mega_*.safetensors "$golden"/nffn_*.safetensors "$B/golden/" 2>/dev/null || true
-cp "$GECKO_ROOT/scripts/gpu_check.sh" "$GECKO_ROOT/bench/llama2_block.py" "$GECKO_ROOT/bench/sca_sdpa_slices.py" "$B/"
+cp "$GECKO_ROOT/scripts/gpu_check.sh" "$GECKO_ROOT/bench/llama2_block.py" "$GECKO_ROOT/bench/sca_sdpa_slices.py" \
+  "$GECKO_ROOT/bench/torch_peer.py" "$B/"
 # The device tool moves at most 64 MiB: ship the binaries stripped and xz-compressed
 # (gpu_check.sh unpacks them).
 for f in "$B"/gecko_*; do strip "$f" && xz -T0 -1 -f "$f"; done

@@ -117,14 +117,21 @@ Status ffn_backward_steps(linear::cuda::Context& ctx, const GeckoConfig& c, cons
       [&](void* p, std::size_t b) { return group_norm::cuda::backward(lb, p, b, st); });
 }
 
-// A [B, L, D] dense device tensor of the configuration's width.
-template <class V>
-Status check_rows(const GeckoConfig& c, const TensorView<V>& t, const char* name, std::int64_t B, std::int64_t L) {
-  if (t.empty() || t.rank != 3) return invalid_argument(std::string(name) + " must be a [B, L, D] device tensor, got " + t.shape_string());
-  if (B >= 0) GECKO_RETURN_IF_ERROR(check_shape(t, name, {B, L, c.model_dim}));
-  else if (t.size(2) != c.model_dim)
-    return invalid_argument(std::string(name) + " has D=" + std::to_string(t.size(2)) + ", expected config.model_dim=" +
+// x: a [B, L, D] dense device tensor of the configuration's width.
+template <class T>
+Status check_x(const GeckoConfig& c, const TensorView<const T>& x) {
+  if (x.empty() || x.rank != 3) return invalid_argument("x must be a [B, L, D] device tensor, got " + x.shape_string());
+  if (x.size(2) != c.model_dim)
+    return invalid_argument("x has D=" + std::to_string(x.size(2)) + ", expected config.model_dim=" +
                             std::to_string(c.model_dim));
+  GECKO_RETURN_IF_ERROR(check_memory(x, "x", Memory::kDevice));
+  return check_contiguous(x, "x");
+}
+
+// out, dout, dx: x's shape, dense, on the device.
+template <class V, class T>
+Status check_like_x(const TensorView<V>& t, const char* name, const TensorView<const T>& x) {
+  GECKO_RETURN_IF_ERROR(check_shape(t, name, {x.size(0), x.size(1), x.size(2)}));
   GECKO_RETURN_IF_ERROR(check_memory(t, name, Memory::kDevice));
   return check_contiguous(t, name);
 }
@@ -153,7 +160,7 @@ Status check_ffn_parameters(const GeckoConfig& c, const DeviceParameters<T>& P, 
 template <class T>
 Status feedforward_plan(linear::cuda::Context& ctx, const GeckoConfig& c, const DeviceParameters<T>& P,
                         const TensorView<const T>& x, BlockPlan& plan, const std::string& prefix = "") {
-  GECKO_RETURN_IF_ERROR(detail::check_rows(c, x, "x", -1, 0));
+  GECKO_RETURN_IF_ERROR(detail::check_x(c, x));
   GECKO_RETURN_IF_ERROR(detail::check_ffn_parameters(c, P, nullptr, prefix));
   const std::int64_t R = x.size(0) * x.size(1), D = c.model_dim, F = c.ffn_hidden_dim;
   auto fake = Arena::measure();  // distinct fake addresses: the ops check what may alias
@@ -183,8 +190,8 @@ Status feedforward_forward(linear::cuda::Context& ctx, const GeckoConfig& c, con
                            const TensorView<const T>& x, const TensorView<T>& out, void* activations,
                            std::size_t activation_bytes, void* workspace, std::size_t workspace_bytes,
                            cudaStream_t stream, const std::string& prefix = "") {
-  GECKO_RETURN_IF_ERROR(detail::check_rows(c, x, "x", -1, 0));
-  GECKO_RETURN_IF_ERROR(detail::check_rows(c, out, "out", x.size(0), x.size(1)));
+  GECKO_RETURN_IF_ERROR(detail::check_x(c, x));
+  GECKO_RETURN_IF_ERROR(detail::check_like_x(out, "out", x));
   GECKO_RETURN_IF_ERROR(detail::check_ffn_parameters(c, P, nullptr, prefix));
   const std::int64_t R = x.size(0) * x.size(1);
   Arena act(activations, activation_bytes), ws(workspace, workspace_bytes);
@@ -200,9 +207,9 @@ Status feedforward_backward(linear::cuda::Context& ctx, const GeckoConfig& c, co
                             const DeviceGradients& grads, const TensorView<const T>& x, const TensorView<const T>& dout,
                             const TensorView<T>& dx, void* activations, std::size_t activation_bytes, void* workspace,
                             std::size_t workspace_bytes, cudaStream_t stream, const std::string& prefix = "") {
-  GECKO_RETURN_IF_ERROR(detail::check_rows(c, x, "x", -1, 0));
-  GECKO_RETURN_IF_ERROR(detail::check_rows(c, dout, "dout", x.size(0), x.size(1)));
-  GECKO_RETURN_IF_ERROR(detail::check_rows(c, dx, "dx", x.size(0), x.size(1)));
+  GECKO_RETURN_IF_ERROR(detail::check_x(c, x));
+  GECKO_RETURN_IF_ERROR(detail::check_like_x(dout, "dout", x));
+  GECKO_RETURN_IF_ERROR(detail::check_like_x(dx, "dx", x));
   GECKO_RETURN_IF_ERROR(detail::check_ffn_parameters(c, P, &grads, prefix));
   const std::int64_t R = x.size(0) * x.size(1), D = c.model_dim, F = c.ffn_hidden_dim;
   Arena act(activations, activation_bytes), ws(workspace, workspace_bytes);

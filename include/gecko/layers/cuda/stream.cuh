@@ -259,7 +259,7 @@ class BlockStream {
     const Dims d = Dims::of(c_, B_, L);
     const GraphKey gkey{L, tn_, cur_, x.data, out.data, bos_mask.data, &P, &ctx};
     const bool replayable = graphs_on_ && L <= sliding_chunk_attention::kernels::kDecodeRows && has_memory_ &&
-                            position_ > 0 && in_chunk + L < C;
+                            position_ > 0 && in_chunk + L < C;  // inside the chunk, not ending it
     if (replayable && seen_.count(gkey)) return forward_graph(ctx, P, d, x, bos_mask, out, gkey, stream);
     if (replayable) {
       if (seen_.size() >= 64) seen_.clear();  // stay bounded, as the graphs do
@@ -409,8 +409,8 @@ class BlockStream {
     const auto s = BlockActivations<T>::carve(again, d, false);
     const std::int64_t L = d.L, C = c_.chunk_size, P = cached_, len = P + L, H = c_.num_heads;
     const std::int64_t cap = 2 * C;
-    const bool ends = (position_ + L) % C == 0;
-    const std::int64_t keep = ends ? std::min(len, C) : len;
+    const bool ends = ends_chunk(L);
+    const std::int64_t keep = kept_after(L);
     stream_kernels::CacheUpdate<T> u;
     u.H = static_cast<int>(H);
     u.pos0 = position_;
@@ -459,14 +459,19 @@ class BlockStream {
     return Status::success();
   }
 
+  // Whether a call of L tokens from here ends a chunk, and the cached tokens after it (the cache is
+  // cut to the last C when it does).
+  bool ends_chunk(std::int64_t L) const { return (position_ + L) % c_.chunk_size == 0; }
+  std::int64_t kept_after(std::int64_t L) const {
+    return ends_chunk(L) ? std::min(cached_ + L, c_.chunk_size) : cached_ + L;
+  }
+
   // The host's side of a finished call of L tokens.
   void step_done(std::int64_t L) {
-    const std::int64_t C = c_.chunk_size, len = cached_ + L;
-    const bool ends = (position_ + L) % C == 0;
-    if (ends) cur_ = 1 - cur_;
+    if (ends_chunk(L)) cur_ = 1 - cur_;
     tn_ = 1 - tn_;
-    has_memory_ = has_memory_ || position_ + L >= C;  // the working memory exists once a chunk completed
-    cached_ = ends ? std::min(len, C) : len;
+    has_memory_ = has_memory_ || position_ + L >= c_.chunk_size;  // the memory exists once a chunk completed
+    cached_ = kept_after(L);
     position_ += L;
   }
 

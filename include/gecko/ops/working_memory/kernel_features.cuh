@@ -23,8 +23,8 @@ namespace gecko::working_memory::kernels {
 
 inline constexpr int kRowBlock = 64;  // tokens per block of the row kernels and the column statistics
 
-// Blocks of kRowBlock tokens per chunk (the last one partial when C is not a multiple).
-GECKO_HOST_DEVICE inline std::int64_t row_blocks(std::int64_t chunk) { return (chunk + kRowBlock - 1) / kRowBlock; }
+// Blocks of kRowBlock tokens covering n tokens (a chunk's keys, the queries; the last one partial).
+GECKO_HOST_DEVICE inline std::int64_t row_blocks(std::int64_t n) { return (n + kRowBlock - 1) / kRowBlock; }
 
 struct FeatParams {
   int B = 0, H = 0, dk = 0;

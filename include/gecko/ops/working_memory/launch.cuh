@@ -381,7 +381,7 @@ Status run_front(const A& a, const Plan& pl, char* ws, char* fr, const TensorVie
   fp.aq_st = a.aq.stride(1);
   fp.q_row0 = pl.q_row0;
   fp.q_rows = pl.q_rows;
-  fp.q_blocks = static_cast<int>((pl.q_rows + kernels::kRowBlock - 1) / kernels::kRowBlock);
+  fp.q_blocks = static_cast<int>(kernels::row_blocks(pl.q_rows));
   fp.qhat = fr + pl.qhat;
   fp.qhat_bh = pl.lq * dk;
   fp.ak = a.ak.data;
