@@ -33,6 +33,7 @@ struct Case {
 // Worst errors seen per quantity and dtype, printed once per suite.
 struct Worst {
   double y = 0, h_out = 0, dx = 0, dalpha = 0, ddelta = 0, dtheta = 0, dgamma = 0, dh0 = 0;
+  int chunked = 0;  // cases whose forward took the chunked tensor-core kernel (kernel_chunked.cuh)
 };
 
 std::vector<std::uint8_t> random_mask(std::size_t n, double rate, std::uint64_t seed) {
@@ -177,6 +178,11 @@ void run_case(const Case& c, std::uint64_t seed, Worst& worst) {
   f.y = act_view(y_d, B, L, D, pad);
   f.h_out = hout_d.view({B, D, N, 2});
   cema::cuda::Saved saved{states_d.view({cema::cuda::time_tiles(L), B, D, N, 2})};
+  {
+    cema::Problem pr;
+    REQUIRE(cema::validate(f, Memory::kDevice, pr).ok());
+    if (L > cema::kernels::kDecodeTokens && cema::cuda::detail::chunked_eligible(f, pr)) ++worst.chunked;
+  }
   std::size_t fbytes = 0;
   REQUIRE(cema::cuda::forward_workspace_size(f, saved, fbytes).ok());
   DeviceBuffer<char> fws(fbytes);
@@ -278,6 +284,78 @@ void run_suite() {
 TEST_CASE("gpu cema fp32 matches the CPU reference") { run_suite<float>(); }
 TEST_CASE("gpu cema bf16 matches the CPU reference") { run_suite<__nv_bfloat16>(); }
 TEST_CASE("gpu cema fp16 matches the CPU reference") { run_suite<__half>(); }
+
+// The chunked tensor-core forward (bf16, N <= 16): whole 256-token blocks on the tensor cores, blocks
+// with a BOS and the tail token by token, states saved every 128 tokens for the backward (which
+// the gradients check). Every case must take that path.
+TEST_CASE("gpu cema bf16 chunked forward matches the CPU reference") {
+  Worst worst;
+  const Case cases[] = {
+      {1, 4096 + 77, 64, 16, 0.0005, true, true, false, false},        // blocks, a few BOS blocks, tail
+      {2, 1024, 48, 8, 0.0, true, false, false, false},                 // N = 8, no residual, whole blocks only
+      {1, 2048, 24, 16, 0.0, false, true, false, true},                 // half a CTA of channels, BOS at t = 0
+      {1, 512, 8, 3, 0.0, true, true, true, false},                     // N = 3, D = 8, dh_out
+      {3, 777, 32, 16, 0.003, true, true, false, false, 8},             // strided rows, resets
+      {1, 16384, 16, 16, 0.0, true, true, false, false, 0, -4.5, -3.0}, // long memory (|q| ~ 0.999), 64 blocks
+  };
+  std::uint64_t seed = 900;
+  for (const auto& c : cases) run_case<__nv_bfloat16>(c, seed += 13, worst);
+  CHECK(worst.chunked == static_cast<int>(std::size(cases)));
+  MESSAGE("chunked bf16 worst rel_fro: y " << worst.y << ", h_out " << worst.h_out << ", dx " << worst.dx
+                                           << ", dalpha " << worst.dalpha << ", dgamma " << worst.dgamma << ", dh0 "
+                                           << worst.dh0);
+}
+
+// The two GPU forwards on a longer sequence (no CPU reference at this size): the chunked kernel
+// against the tile kernels (ForwardPath::kTiles), y, h_out and every saved state.
+TEST_CASE("gpu cema bf16 chunked forward agrees with the tile kernels") {
+  using T = __nv_bfloat16;
+  const std::int64_t B = 2, L = 16384 + 200, D = 256, N = 16;
+  const std::size_t n = static_cast<std::size_t>(B * L * D), dn = static_cast<std::size_t>(D * N),
+                    sn = static_cast<std::size_t>(B * D * N * 2);
+  DeviceBuffer<T> x, y_c(n), y_t(n);
+  x.upload(test::random_vector<T>(n, 31, -1, 1));
+  DeviceBuffer<float> a, dl, th, g, h0, ho_c(sn), ho_t(sn), st_c(cema::cuda::time_tiles(L) * sn),
+      st_t(cema::cuda::time_tiles(L) * sn);
+  a.upload(test::random_vector<float>(dn, 32, -3, 2));
+  dl.upload(test::random_vector<float>(dn, 33, -3, 2));
+  th.upload(spec_theta(D, 34));
+  g.upload(test::random_vector<float>(2 * dn, 35, -0.3, 0.3));
+  h0.upload(test::random_vector<float>(sn, 36, -0.5, 0.5));
+  DeviceBuffer<std::uint8_t> bos;
+  bos.upload(random_mask(static_cast<std::size_t>(B * L), 2e-4, 37));
+  cema::ForwardArgs<T> f;
+  f.add_residual = true;
+  f.x = x.view({B, L, D});
+  f.bos_mask = bos.view({B, L});
+  f.h0 = h0.view({B, D, N, 2});
+  f.alpha = a.view({D, N});
+  f.delta = dl.view({D, N});
+  f.theta = th.view({D});
+  f.gamma = g.view({D, N, 2});
+  auto run = [&](DeviceBuffer<T>& y, DeviceBuffer<float>& ho, DeviceBuffer<float>& st, cema::cuda::ForwardPath path) {
+    f.y = y.view({B, L, D});
+    f.h_out = ho.view({B, D, N, 2});
+    const cema::cuda::Saved saved{st.view({cema::cuda::time_tiles(L), B, D, N, 2})};
+    std::size_t bytes = 0;
+    REQUIRE(cema::cuda::forward_workspace_size(f, saved, bytes, path).ok());
+    DeviceBuffer<char> ws(bytes);
+    const Status s = cema::cuda::forward(f, saved, ws.data(), bytes, nullptr, path);
+    REQUIRE_MESSAGE(s.ok(), s.to_string());
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  };
+  run(y_c, ho_c, st_c, cema::cuda::ForwardPath::kAuto);
+  run(y_t, ho_t, st_t, cema::cuda::ForwardPath::kTiles);
+  const auto yc = test::widen(y_c.download()), yt = test::widen(y_t.download());
+  const auto y_cmp = testing::compare(yc, yt), h_cmp = testing::compare(test::widen(ho_c.download()), test::widen(ho_t.download())),
+             s_cmp = testing::compare(test::widen(st_c.download()), test::widen(st_t.download()));
+  INFO("y: " << y_cmp.to_string() << "; h_out: " << h_cmp.to_string() << "; states: " << s_cmp.to_string());
+  CHECK(y_cmp.within(2e-3));
+  CHECK(h_cmp.within(5e-5));
+  CHECK(s_cmp.within(5e-5));
+  MESSAGE("chunked vs tiles, B = 2, L = 16584, D = 256: y " << y_cmp.rel_fro << ", h_out " << h_cmp.rel_fro
+                                                            << ", states " << s_cmp.rel_fro);
+}
 
 TEST_CASE("gpu cema streams 2^20 steps") {
   Worst worst;

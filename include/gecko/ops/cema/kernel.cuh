@@ -247,7 +247,7 @@ __device__ __forceinline__ Lane make_lane(const Tiling& tl, int b, int c0) {
 __device__ __forceinline__ void coefficients_at(const float* __restrict__ alpha, const float* __restrict__ delta,
                                                 const float* __restrict__ theta, const float* __restrict__ gamma,
                                                 int d, int n, int N, float4& qg, float4& gp, double* phi_out = nullptr,
-                                                double* rho_out = nullptr) {
+                                                double* rho_out = nullptr, double* p_out = nullptr) {
   const long long i = static_cast<long long>(d) * N + n;
   const double kPi = 3.14159265358979323846;
   const double sa = 1.0 / (1.0 + exp(-static_cast<double>(alpha[i])));
@@ -263,6 +263,7 @@ __device__ __forceinline__ void coefficients_at(const float* __restrict__ alpha,
   gp = make_float4(gr, gi, p, 0.f);
   if (phi_out) *phi_out = phi;
   if (rho_out) *rho_out = rho;
+  if (p_out) *p_out = fmax(sa, 1e-30);
 }
 
 // The coefficients of every (d, n) and q^kTileTokens (pw), for the tile kernels.

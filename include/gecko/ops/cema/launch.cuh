@@ -11,7 +11,9 @@
 // the state entering each tile, so that it runs entirely in reverse time without recomputing any
 // state. See kernel.cuh for the algorithm. Workspace needs no initialisation. A forward of at most
 // kernels::kDecodeTokens tokens with N a power of two <= 32 (decoding) runs as one kernel instead
-// (kernel_decode.cuh), with the same results and the same Saved state.
+// (kernel_decode.cuh), with the same results and the same Saved state. A bf16 forward with N <= 16,
+// D a multiple of 8 and 16-byte aligned rows runs the chunked tensor-core kernel
+// (kernel_chunked.cuh): the same Saved states, results within ~1e-5 of the tile kernels'.
 #pragma once
 
 #include <algorithm>
@@ -25,12 +27,17 @@
 #include "gecko/core/launch_util.cuh"
 #include "gecko/ops/cema/args.hpp"
 #include "gecko/ops/cema/kernel.cuh"
+#include "gecko/ops/cema/kernel_chunked.cuh"
 #include "gecko/ops/cema/kernel_decode.cuh"
 
 namespace gecko::cema::cuda {
 
 inline constexpr int kTileTokens = kernels::kTileTokens;
 inline constexpr std::int64_t kMaxStates = 64;
+
+// Which kernels a forward may use. kAuto takes the chunked tensor-core kernel where it applies;
+// kTiles keeps the tile kernels (for comparisons: same results to ~1e-5, more time).
+enum class ForwardPath { kAuto, kTiles };
 
 // What the CUDA forward saves for the CUDA backward.
 struct Saved {
@@ -49,7 +56,34 @@ struct Plan {
   std::size_t smem_pass1 = 0;  // dynamic shared memory per CTA of the aggregate kernel
   std::size_t smem_pass2 = 0;  // ... of the output kernel
   std::size_t resets = 0, qg = 0, gp = 0, pw = 0, agg = 0, states = 0, enter0 = 0, partial = 0, slot = 0, total = 0;
+  bool chunked = false;                        // the forward runs kernel_chunked.cuh
+  std::size_t chunk_frag = 0, chunk_coef = 0;  // its per-channel table (the only workspace it needs)
 };
+
+// Whether a forward can run the chunked tensor-core kernel: bf16, N <= 16, whole 16-byte groups
+// of channels on every row (D % 8 == 0, aligned rows) and a grid row per batch row.
+template <class T>
+bool chunked_eligible(const ForwardArgs<T>& a, const Problem& p) {
+  if constexpr (!std::is_same_v<T, __nv_bfloat16>) {
+    return false;
+  } else {
+    if (p.states > kernels::chunked::kMaxStates || p.channels % 8 != 0 || p.batch > 65535) return false;
+    for (const void* q : {static_cast<const void*>(a.x.data), static_cast<const void*>(a.y.data)})
+      if (reinterpret_cast<std::uintptr_t>(q) % 16 != 0) return false;
+    for (std::int64_t st : {a.x.stride(0), a.x.stride(1), a.y.stride(0), a.y.stride(1)})
+      if (st % 8 != 0) return false;
+    return true;
+  }
+}
+
+inline Plan chunked_plan(const Problem& p) {
+  Plan pl;
+  pl.chunked = true;
+  pl.chunk_frag = 0;
+  pl.chunk_coef = align_up(static_cast<std::size_t>(p.channels) * kernels::chunked::kFragWords * 32 * 4, 256);
+  pl.total = pl.chunk_coef + static_cast<std::size_t>(p.channels) * kernels::chunked::kMaxStates * 2 * sizeof(float4);
+  return pl;
+}
 
 inline int pow2_at_least(std::int64_t v) {
   int r = 1;
@@ -138,7 +172,8 @@ inline Status check_saved(const Saved& s, const Problem& p, bool required) {
 }
 
 template <class T>
-Plan forward_plan(const ForwardArgs<T>& a, const Problem& p, bool states_in_workspace) {
+Plan forward_plan(const ForwardArgs<T>& a, const Problem& p, bool states_in_workspace, ForwardPath path) {
+  if (path == ForwardPath::kAuto && chunked_eligible(a, p)) return chunked_plan(p);
   return make_plan<T>(p, false, states_in_workspace, false, {a.x.data, a.y.data},
                       {a.x.stride(0), a.x.stride(1), a.y.stride(0), a.y.stride(1)});
 }
@@ -206,29 +241,65 @@ Status launch_backward(const kernels::BackwardParams& kp, const Plan& pl, const 
   return last_launch_status("cema backward");
 }
 
+// The chunked forward: its table, then the kernel (grid: 16-channel slabs x batch rows).
+template <class T>
+Status launch_chunked(const ForwardArgs<T>& a, const Problem& p, const Saved& saved, char* ws, const Plan& pl,
+                      cudaStream_t stream) {
+  namespace ck = kernels::chunked;
+  if constexpr (!std::is_same_v<T, __nv_bfloat16>) {
+    return unsupported("cema: the chunked forward takes bfloat16");  // not reached: see chunked_eligible
+  } else {
+    ck::Params kp;
+    kp.B = static_cast<int>(p.batch);
+    kp.L = static_cast<int>(p.length);
+    kp.D = static_cast<int>(p.channels);
+    kp.N = static_cast<int>(p.states);
+    kp.x_sb = a.x.stride(0);
+    kp.x_sl = a.x.stride(1);
+    kp.y_sb = a.y.stride(0);
+    kp.y_sl = a.y.stride(1);
+    kp.add_residual = a.add_residual;
+    kp.bos = a.bos_mask.data;
+    kp.h0 = reinterpret_cast<const float2*>(a.h0.data);
+    kp.h_out = reinterpret_cast<float2*>(a.h_out.data);
+    kp.states = saved.states.empty() ? nullptr : reinterpret_cast<float2*>(saved.states.data);
+    kp.tab.frag = reinterpret_cast<uint4*>(ws + pl.chunk_frag);
+    kp.tab.coef = reinterpret_cast<float4*>(ws + pl.chunk_coef);
+    ck::table_kernel<><<<static_cast<unsigned>(p.channels), 128, 0, stream>>>(
+        a.alpha.data, a.delta.data, a.theta.data, a.gamma.data, kp.D, kp.N, kp.tab);
+    GECKO_RETURN_IF_ERROR(last_launch_status("cema chunked table"));
+    const auto k = ck::forward_kernel<>;
+    GECKO_RETURN_IF_ERROR(allow_dynamic_smem(k, ck::kSmemBytes));
+    const dim3 grid(static_cast<unsigned>((p.channels + ck::kWarps - 1) / ck::kWarps), static_cast<unsigned>(p.batch));
+    k<<<grid, ck::kThreads, ck::kSmemBytes, stream>>>(kp, a.x.data, a.y.data);
+    return last_launch_status("cema forward (chunked)");
+  }
+}
+
 }  // namespace detail
 
 // Workspace for a forward that keeps its per-tile states in the workspace (no Saved given).
 template <class T>
-Status forward_workspace_size(const ForwardArgs<T>& a, std::size_t& bytes) {
+Status forward_workspace_size(const ForwardArgs<T>& a, std::size_t& bytes, ForwardPath path = ForwardPath::kAuto) {
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
-  bytes = detail::forward_plan(a, p, true).total;
+  bytes = detail::forward_plan(a, p, true, path).total;
   return Status::success();
 }
 
 // Workspace for a forward that writes its per-tile states to `saved` (when given).
 template <class T>
-Status forward_workspace_size(const ForwardArgs<T>& a, const Saved& saved, std::size_t& bytes) {
+Status forward_workspace_size(const ForwardArgs<T>& a, const Saved& saved, std::size_t& bytes,
+                              ForwardPath path = ForwardPath::kAuto) {
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
-  bytes = detail::forward_plan(a, p, saved.states.empty()).total;
+  bytes = detail::forward_plan(a, p, saved.states.empty(), path).total;
   return Status::success();
 }
 
 template <class T>
 Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std::size_t workspace_bytes,
-               cudaStream_t stream) {
+               cudaStream_t stream, ForwardPath path = ForwardPath::kAuto) {
   static_assert(!std::is_same_v<T, double>, "the CUDA complex EMA takes float, half or bfloat16");
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
@@ -239,7 +310,7 @@ Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std
   if (!a.h0.empty() && !a.h_out.empty() && a.h0.data != a.h_out.data && detail::overlaps(a.h0.data, sb, a.h_out.data, sb))
     return invalid_argument("h_out partially overlaps h0: pass the same buffer or disjoint ones");
   const bool in_ws = saved.states.empty();
-  const auto pl = detail::forward_plan(a, p, in_ws);
+  const auto pl = detail::forward_plan(a, p, in_ws, path);
   if (workspace_bytes < pl.total || !workspace)
     return invalid_argument("cema forward needs " + std::to_string(pl.total) + " bytes of workspace, got " +
                             std::to_string(workspace_bytes));
@@ -279,6 +350,7 @@ Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std
     return last_launch_status("cema forward (decode)");
   }
   char* ws = static_cast<char*>(workspace);
+  if (pl.chunked) return detail::launch_chunked(a, p, saved, ws, pl, stream);
   kernels::ForwardParams kp{};
   kp.tl = pl.tl;
   kp.x_sb = a.x.stride(0);

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "gecko/core/mma.cuh"
 #include "gecko/core/dtype.hpp"
 
 namespace gecko::sliding_chunk_attention::kernels {
@@ -171,23 +172,6 @@ __device__ __forceinline__ void ldsm_x4_t(std::uint32_t addr, std::uint32_t (&r)
                : "r"(addr));
 }
 
-// d += a * b for one m16n8k16 tile (fp32 accumulate).
-template <class T>
-__device__ __forceinline__ void mma16816(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
 
 // ldmatrix lane addressing (lane l supplies one row address of one 8x8 matrix):
 //   A 16x16 at (r0, c0) of a [row][k] tile:        row r0 + (l & 15),             col c0 + (l >> 4) * 8

@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "gecko/core/mma.cuh"
 #include "gecko/core/config.hpp"
 #include "gecko/core/dtype.hpp"
 
@@ -179,24 +180,6 @@ __device__ __forceinline__ void ldsm_x4_t(std::uint32_t (&r)[4], std::uint32_t a
                : "r"(addr));
 }
 
-// d += a b for one m16n8k16 tile, fp32 accumulation; E is the 16-bit operand type.
-template <class E>
-__device__ __forceinline__ void mma16816(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
-                                         std::uint32_t b1) {
-  if constexpr (std::is_same_v<E, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
 
 // Fragment addresses for a 16x16 A block (rows m0.., k0..) held in a swizzled shared tile.
 // Row-major tile: [m][k], cpr chunks per row. Column-major tile: [k][m] (loaded with .trans).
