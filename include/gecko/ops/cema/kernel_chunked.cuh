@@ -17,10 +17,11 @@
 // with the fp32 recurrence to ~1e-5 (not bitwise: a different summation order).
 //
 // Layout. A CTA owns 16 channels (one warp each) of one batch row and walks the whole sequence,
-// carrying the state in registers of the warp's first 16 lanes. Each 256-token block is staged
-// through registers (one 16-byte load per thread, issued a block ahead) and stored transposed,
-// channel-major, so a lane's A fragment is four 32-bit shared loads; y overwrites x there and
-// leaves as 16-byte stores. Blocks holding a BOS, and the sequence's last partial block, run the
+// carrying the state in registers of the warp's first 16 lanes. 256-token blocks arrive through a
+// cp.async ring kStages blocks deep (one 16-byte copy per thread and block) and are stored
+// transposed, channel-major, into one of two buffers, so a lane's A fragment is four 32-bit shared
+// loads; y overwrites x there and leaves as 16-byte stores while the next block is transposed into
+// the other buffer (two CTA barriers per block). Blocks holding a BOS, and the sequence's last partial block, run the
 // recurrence token by token in the same 16 lanes instead (about 10x the instructions, exact
 // resets). The state after every kTileTokens tokens goes to Saved::states for the backward.
 #pragma once
@@ -29,6 +30,7 @@
 
 #include <cstdint>
 
+#include "gecko/core/async_copy.cuh"
 #include "gecko/core/mma.cuh"
 #include "gecko/ops/cema/kernel.cuh"
 
@@ -43,11 +45,15 @@ inline constexpr int kMaxStates = 16;
 inline constexpr int kFragWords = 40;        // B-fragment registers per lane and channel: E 16, F 16, K 8
 inline constexpr int kXStride = kBlock + 4;  // bf16 per channel row of the transposed block
 inline constexpr int kScanStride = 20;       // float2 per row of a warp's scan scratch (2-way banks)
+inline constexpr int kStages = 4;            // blocks in flight: cp.async ring of raw [token][16 channels]
 static_assert(kBlock == 2 * kTileTokens, "states are saved every kTileTokens tokens: after rows 8 and 16");
 static_assert(kThreads == 2 * kBlock, "the staging maps a thread to one token and 8 channels");
 
-inline constexpr std::size_t kSmemBytes = static_cast<std::size_t>(kWarps) * kXStride * 2 +
-                                          static_cast<std::size_t>(kWarps) * kRows * kScanStride * 8 + kBlock;
+inline constexpr std::size_t kRingBytes = static_cast<std::size_t>(kStages) * kThreads * 16;
+inline constexpr std::size_t kBitsBytes = static_cast<std::size_t>(kStages) * kBlock / 8;
+inline constexpr std::size_t kXBytes = static_cast<std::size_t>(kWarps) * kXStride * 2;  // one of two buffers
+inline constexpr std::size_t kSmemBytes = kRingBytes + 2 * kBitsBytes / kStages + kBitsBytes + 2 * kXBytes +
+                                          static_cast<std::size_t>(kWarps) * kRows * kScanStride * 8;
 
 // Per-channel constants, computed from the raw parameters by table_kernel (in double).
 struct Table {
@@ -59,7 +65,7 @@ struct Params {
   int B = 0, L = 0, D = 0, N = 0;
   long long x_sb = 0, x_sl = 0, y_sb = 0, y_sl = 0;
   bool add_residual = false;
-  const std::uint8_t* bos = nullptr;  // [B, L] or null
+  const std::uint32_t* bos_bits = nullptr;  // [B, blocks, 8]: the BOS mask, a bit per token (bits_kernel)
   const float2* h0 = nullptr;         // [B, D, N] or null; read before h_out is written (may alias)
   float2* h_out = nullptr;            // [B, D, N] or null
   float2* states = nullptr;           // [ceil(L / kTileTokens), B, D, N] (Saved::states) or null
@@ -83,91 +89,96 @@ __device__ __forceinline__ void split_bf16x2(float v0, float v1, std::uint32_t& 
 
 // ---- the per-channel table ---------------------------------------------------------------------
 
-// One CTA of 128 threads per channel. Powers q^t (t = 0..16) in double, then every lane's fragment
-// values (see the header for E, F, K), each rounded once to hi and once more to lo.
+// One warp per channel (8 per CTA, all resident at once). Lane n < 16 forms q_n^t (t = 0..16) by
+// repeated products in double (relative error ~1e-15) and from them its state's column of E, row of
+// F and share of k; then every lane assembles its 40 fragment words, each value rounded once to a
+// bf16 hi part and once more to a lo part. Grid: ceil(D / 8) CTAs of 256 threads.
+inline constexpr int kTableWarps = 8;
+
 template <int kUnused = 0>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(32 * kTableWarps)
     table_kernel(const float* __restrict__ alpha, const float* __restrict__ delta, const float* __restrict__ theta,
                  const float* __restrict__ gamma, int D, int N, Table tab) {
-  constexpr int kPowers = kSub + 1;
-  __shared__ double s_qr[kMaxStates][kPowers], s_qi[kMaxStates][kPowers];
-  __shared__ double s_rho[kMaxStates], s_phi[kMaxStates], s_p[kMaxStates], s_gr[kMaxStates], s_gi[kMaxStates];
-  __shared__ double s_k[kSub];
-  __shared__ float4 s_q[kMaxStates];
-  const int d = blockIdx.x;
-  if (threadIdx.x < kMaxStates) {
-    const int n = threadIdx.x;
+  struct WarpTable {
+    float e[kSub][2 * kMaxStates];  // E[j][2n + part]
+    float f[2 * kMaxStates][kSub];  // F[2n + part][i]
+    double kp[kMaxStates][kSub];    // Re(g p q^t) per state, summed over n into k(t)
+  };
+  __shared__ WarpTable s_all[kTableWarps];
+  const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
+  const int d = static_cast<int>(blockIdx.x) * kTableWarps + warp;
+  if (d >= D) return;  // warp-level work only: no CTA barrier below
+  WarpTable& s = s_all[warp];
+  if (lane < kMaxStates) {
+    const int n = lane;
     double rho = 0.0, phi = 0.0, pp = 0.0;
     float4 qg = make_float4(0.f, 0.f, 0.f, 0.f), gp = qg;
     if (n < N) coefficients_at(alpha, delta, theta, gamma, d, n, N, qg, gp, &phi, &rho, &pp);
-    s_rho[n] = rho;
-    s_phi[n] = phi;
-    s_p[n] = pp;
-    s_gr[n] = gp.x;
-    s_gi[n] = gp.y;
-    s_q[n] = make_float4(qg.x, qg.y, gp.x, gp.y);
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < kMaxStates * kPowers; i += blockDim.x) {
-    const int n = i / kPowers, t = i - n * kPowers;
-    double sn = 0.0, cs = 0.0, mag = 0.0;
-    if (n < N) {
-      sincos(t * s_phi[n], &sn, &cs);
-      mag = pow(s_rho[n], static_cast<double>(t));
+    double sn, cs;
+    sincos(phi, &sn, &cs);
+    const double qr = rho * cs, qi = rho * sn, gr = gp.x, gi = gp.y;
+    double ar = 1.0, ai = 0.0;  // q^t
+    for (int t = 0; t < kSub; ++t) {
+      s.e[kSub - 1 - t][2 * n] = static_cast<float>(pp * ar);
+      s.e[kSub - 1 - t][2 * n + 1] = static_cast<float>(pp * ai);
+      s.kp[n][t] = pp * (gr * ar - gi * ai);
+      const double nr = ar * qr - ai * qi;  // q^(t+1)
+      ai = ar * qi + ai * qr;
+      ar = nr;
+      s.f[2 * n][t] = static_cast<float>(gr * ar - gi * ai);
+      s.f[2 * n + 1][t] = static_cast<float>(-(gr * ai + gi * ar));
     }
-    s_qr[n][t] = mag * cs;
-    s_qi[n][t] = mag * sn;
-  }
-  __syncthreads();
-  if (threadIdx.x < kSub) {
-    const int t = threadIdx.x;
-    double k = 0.0;
-    for (int n = 0; n < kMaxStates; ++n) k += s_p[n] * (s_gr[n] * s_qr[n][t] - s_gi[n] * s_qi[n][t]);
-    s_k[t] = k;
-  }
-  __syncthreads();
-  auto* frag = reinterpret_cast<std::uint32_t*>(tab.frag) + static_cast<long long>(d) * 10 * 32 * 4;
-  for (int i = threadIdx.x; i < kFragWords * 32; i += blockDim.x) {
-    const int r = i / 32, l = i - r * 32, g = l >> 2, m = l & 3;
-    double v[2];
-    bool lo;
-    for (int e = 0; e < 2; ++e) {
-      if (r < 16) {  // E: n-tile r / 4 of the 32 state columns; b0 / b1 rows j = 2m + e (+ 8)
-        const int w = r & 3, j = 2 * m + e + 8 * (w & 1), c = 8 * (r >> 2) + g, n = c >> 1, t = kSub - 1 - j;
-        lo = (w >> 1) != 0;
-        v[e] = s_p[n] * ((c & 1) ? s_qi[n][t] : s_qr[n][t]);
-      } else if (r < 32) {  // F: k-step ks covers state columns 16 ks .. 16 ks + 15; n-tile nt tokens
-        const int rr = r - 16, ks = rr >> 3, nt = (rr >> 2) & 1, w = rr & 3;
-        const int n = 8 * ks + m + 4 * (w & 1), i_tok = 8 * nt + g;
-        lo = (w >> 1) != 0;
-        const double zr = s_gr[n] * s_qr[n][i_tok + 1] - s_gi[n] * s_qi[n][i_tok + 1];
-        const double zi = s_gr[n] * s_qi[n][i_tok + 1] + s_gi[n] * s_qr[n][i_tok + 1];
-        v[e] = e == 0 ? zr : -zi;
-      } else {  // K^T: rows j, columns i (n-tile nt)
-        const int rr = r - 32, nt = rr >> 2, w = rr & 3;
-        const int j = 2 * m + e + 8 * (w & 1), i_tok = 8 * nt + g;
-        lo = (w >> 1) != 0;
-        v[e] = i_tok >= j ? s_k[i_tok - j] : 0.0;
-      }
-    }
-    const __nv_bfloat16 h0 = __float2bfloat16_rn(static_cast<float>(v[0])),
-                        h1 = __float2bfloat16_rn(static_cast<float>(v[1]));
-    std::uint32_t word;
-    if (!lo) {
-      word = pack_bf16x2(__bfloat162float(h0), __bfloat162float(h1));
-    } else {
-      word = pack_bf16x2(static_cast<float>(v[0] - static_cast<double>(__bfloat162float(h0))),
-                         static_cast<float>(v[1] - static_cast<double>(__bfloat162float(h1))));
-    }
-    frag[((r >> 2) * 32 + l) * 4 + (r & 3)] = word;
-  }
-  if (threadIdx.x < kMaxStates) {
-    const int n = threadIdx.x;
+    // ar + i ai = q^16 = Q (zero for padded states: rho = 0 there).
     float4* c = tab.coef + (static_cast<long long>(d) * kMaxStates + n) * 2;
-    c[0] = s_q[n];
-    c[1] = make_float4(static_cast<float>(s_p[n]) * (n < N ? 1.f : 0.f), static_cast<float>(s_qr[n][kSub]),
-                       static_cast<float>(s_qi[n][kSub]), 0.f);
+    c[0] = make_float4(qg.x, qg.y, gp.x, gp.y);
+    c[1] = make_float4(static_cast<float>(pp), static_cast<float>(ar), static_cast<float>(ai), 0.f);
   }
+  __syncwarp();
+  float kt = 0.f;  // k(lane) for lanes < 16
+  if (lane < kSub) {
+    double k = 0.0;
+    for (int n = 0; n < kMaxStates; ++n) k += s.kp[n][lane];
+    kt = static_cast<float>(k);
+  }
+  const int g = lane >> 2, m = lane & 3;
+  uint4* frag = tab.frag + static_cast<long long>(d) * 10 * 32 + lane;
+#pragma unroll 1
+  for (int q4 = 0; q4 < kFragWords / 4; ++q4) {  // the words of registers 4 q4 .. 4 q4 + 3: b0, b1 (hi), b0, b1 (lo)
+    float v[2][2];                                // [b0 / b1][element]
+#pragma unroll
+    for (int bs = 0; bs < 2; ++bs)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int kk = 2 * m + e + 8 * bs;  // the B row (k) of this element
+        if (q4 < 4) {                       // E: n-tile q4, column 8 q4 + g
+          v[bs][e] = s.e[kk][8 * q4 + g];
+        } else if (q4 < 8) {  // F: k-step ks, n-tile nt
+          const int ks = (q4 - 4) >> 1, nt = (q4 - 4) & 1;
+          v[bs][e] = s.f[16 * ks + kk][8 * nt + g];
+        } else {  // K^T: n-tile nt, K^T[j = kk][i = 8 nt + g] = k(i - j)
+          const int i_tok = 8 * (q4 - 8) + g, dt = i_tok - kk;
+          const float kv = __shfl_sync(0xffffffffu, kt, dt < 0 ? 0 : dt);
+          v[bs][e] = dt >= 0 ? kv : 0.f;
+        }
+      }
+    uint4 word;
+    split_bf16x2(v[0][0], v[0][1], word.x, word.z);
+    split_bf16x2(v[1][0], v[1][1], word.y, word.w);
+    frag[q4 * 32] = word;
+  }
+}
+
+// The BOS mask as bits, 256 per block (8 words), so that a block's flags travel with its data
+// through the cp.async ring. Grid: (blocks, B) CTAs of kBlock threads, one per token.
+template <int kUnused = 0>
+__global__ void __launch_bounds__(kBlock) bits_kernel(const std::uint8_t* __restrict__ bos, int L,
+                                                      std::uint32_t* __restrict__ bits) {
+  const int blk = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.y);
+  const int t = blk * kBlock + static_cast<int>(threadIdx.x);
+  const bool f = t < L && bos[static_cast<long long>(b) * L + t] != 0;
+  const unsigned word = __ballot_sync(0xffffffffu, f);
+  if ((threadIdx.x & 31) == 0)
+    bits[(static_cast<long long>(b) * gridDim.x + blk) * (kBlock / 32) + (threadIdx.x >> 5)] = word;
 }
 
 // ---- the forward -------------------------------------------------------------------------------
@@ -189,6 +200,13 @@ __device__ __forceinline__ float2 block_products(const Warp& w, const std::uint3
   for (int nt = 0; nt < 4; ++nt) {
     mma16816<__nv_bfloat16>(s[nt], a, fr[4 * nt], fr[4 * nt + 1]);
     mma16816<__nv_bfloat16>(s[nt], a, fr[4 * nt + 2], fr[4 * nt + 3]);
+  }
+  // X K^T needs no state: issued before the scan so that its latency hides behind it.
+  float yv[2][4] = {};
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt) {
+    mma16816<__nv_bfloat16>(yv[nt], a, fr[32 + 4 * nt], fr[33 + 4 * nt]);
+    mma16816<__nv_bfloat16>(yv[nt], a, fr[34 + 4 * nt], fr[35 + 4 * nt]);
   }
   __syncwarp();  // the previous block's readers of the scratch are done
 #pragma unroll
@@ -221,20 +239,21 @@ __device__ __forceinline__ float2 block_products(const Warp& w, const std::uint3
     split_bf16x2(v2.x, v2.y, hh[ks][2], hl[ks][2]);
     split_bf16x2(v3.x, v3.y, hh[ks][3], hl[ks][3]);
   }
-  float yv[2][4] = {};
+  // H F in four independent accumulators (chains of 3 products instead of one of 6).
+  float yf[2][2][4] = {};
 #pragma unroll
-  for (int nt = 0; nt < 2; ++nt) {
-    const int kb = 32 + 4 * nt;
-    mma16816<__nv_bfloat16>(yv[nt], a, fr[kb], fr[kb + 1]);
-    mma16816<__nv_bfloat16>(yv[nt], a, fr[kb + 2], fr[kb + 3]);
+  for (int ks = 0; ks < 2; ++ks)
 #pragma unroll
-    for (int ks = 0; ks < 2; ++ks) {
+    for (int nt = 0; nt < 2; ++nt) {
       const int fb = 16 + (2 * ks + nt) * 4;
-      mma16816<__nv_bfloat16>(yv[nt], hh[ks], fr[fb], fr[fb + 1]);
-      mma16816<__nv_bfloat16>(yv[nt], hl[ks], fr[fb], fr[fb + 1]);
-      mma16816<__nv_bfloat16>(yv[nt], hh[ks], fr[fb + 2], fr[fb + 3]);
+      mma16816<__nv_bfloat16>(yf[nt][ks], hh[ks], fr[fb], fr[fb + 1]);
+      mma16816<__nv_bfloat16>(yf[nt][ks], hl[ks], fr[fb], fr[fb + 1]);
+      mma16816<__nv_bfloat16>(yf[nt][ks], hh[ks], fr[fb + 2], fr[fb + 3]);
     }
-  }
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) yv[nt][i] += yf[nt][0][i] + yf[nt][1][i];
   // yv[nt] rows g / g + 8, tokens 8 nt + 2m (+1) of the sub-chunk: the words a[] came from.
 #pragma unroll
   for (int nt = 0; nt < 2; ++nt) {
@@ -249,7 +268,7 @@ __device__ __forceinline__ float2 block_products(const Warp& w, const std::uint3
 // The first lt tokens of a block one by one (a BOS in the block, or the sequence's tail): lane
 // n < 16 carries state n; y is the warp's sum. Writes the state at every kTileTokens boundary and
 // at the sequence's end (where `states` is given).
-__device__ __forceinline__ float2 block_steps(const Warp& w, const unsigned char* bs, int lt, float4 cq, float pp,
+__device__ __forceinline__ float2 block_steps(const Warp& w, const std::uint32_t* bits, int lt, float4 cq, float pp,
                                               float2 h, bool residual, int t0, int L, float2* states,
                                               long long tile_stride) {
   const float2 q = make_float2(cq.x, cq.y);
@@ -257,7 +276,7 @@ __device__ __forceinline__ float2 block_steps(const Warp& w, const unsigned char
   for (int r = 0; r < lt; ++r) {
     const float xv = __bfloat162float(w.xe[r]);
     const float2 in = make_float2(pp * xv, 0.f);
-    h = bs[r] ? in : affine(q, h, in);
+    h = (bits[r >> 5] >> (r & 31)) & 1u ? in : affine(q, h, in);
     float yv = cq.z * h.x - cq.w * h.y;
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) yv += __shfl_xor_sync(0xffffffffu, yv, off);
@@ -274,17 +293,16 @@ template <int kUnused = 0>
 __global__ void __launch_bounds__(kThreads, 1)
     forward_kernel(Params p, const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y) {
   extern __shared__ __align__(16) unsigned char smem[];
-  constexpr std::size_t kXBytes = static_cast<std::size_t>(kWarps) * kXStride * 2;
-  auto* xs = reinterpret_cast<__nv_bfloat16*>(smem);                                 // [kWarps][kXStride]
-  auto* scan = reinterpret_cast<float2*>(smem + kXBytes);                            // [kWarps][kRows][kScanStride]
-  auto* bs = reinterpret_cast<unsigned char*>(scan + kWarps * kRows * kScanStride);  // [kBlock]
+  auto* ring = reinterpret_cast<uint4*>(smem);                    // [kStages][kThreads] raw blocks
+  auto* bit_ring = reinterpret_cast<uint4*>(smem + kRingBytes);    // [kStages][2] their BOS bits
+  auto* bit_cur = bit_ring + 2 * kStages;                          // [2][2] bits of the blocks in xs
+  auto* xs = reinterpret_cast<__nv_bfloat16*>(bit_cur + 4);       // [2][kWarps][kXStride]
+  auto* scan = reinterpret_cast<float2*>(xs + 2 * kWarps * kXStride);  // [kWarps][kRows][kScanStride]
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   Warp w;
   w.lane = static_cast<int>(threadIdx.x) & 31;
   w.g = w.lane >> 2;
   w.m = w.lane & 3;
-  w.xe = xs + warp * kXStride;
-  w.xw = reinterpret_cast<std::uint32_t*>(w.xe);
   w.sc = scan + warp * kRows * kScanStride;
   const int b = static_cast<int>(blockIdx.y), c0 = static_cast<int>(blockIdx.x) * kWarps, d = c0 + warp;
   const bool active = d < p.D;
@@ -318,51 +336,85 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (states) states += sidx;
   const float2 Q = make_float2(cp.y, cp.z);
 
-  // Staging: thread -> token tok of the block, channels c0 + 8 half .. + 7 (D % 8 == 0).
+  // Staging: thread -> token tok of a block, channels c0 + 8 half .. + 7 (D % 8 == 0), one 16-byte
+  // cp.async per block into a ring of kStages blocks (kStages - 1 in flight while one is used);
+  // threads 0 and 1 also copy the block's 32 bytes of BOS bits.
   const int tok = static_cast<int>(threadIdx.x) >> 1, half = static_cast<int>(threadIdx.x) & 1;
   const bool half_ok = c0 + 8 * half < p.D;
-  uint4 stage = make_uint4(0u, 0u, 0u, 0u);
-  unsigned char flag = 0;
-  auto fetch = [&](int t0) {
-    stage = make_uint4(0u, 0u, 0u, 0u);
-    flag = 0;
-    if (t0 + tok < p.L) {
-      if (half_ok) stage = __ldg(reinterpret_cast<const uint4*>(x + b * p.x_sb + (t0 + tok) * p.x_sl + c0 + 8 * half));
-      if (p.bos && half == 0) flag = p.bos[static_cast<long long>(b) * p.L + t0 + tok] != 0 ? 1 : 0;
+  const int blocks = (p.L + kBlock - 1) / kBlock;
+  auto issue = [&](int bi) {
+    const int slot = bi % kStages;
+    uint4* dst = ring + slot * kThreads + threadIdx.x;
+    const int t = bi * kBlock + tok;
+    if (bi < blocks && t < p.L && half_ok) {
+      cp_async_16(dst, x + b * p.x_sb + static_cast<long long>(t) * p.x_sl + c0 + 8 * half);
+    } else {
+      *dst = make_uint4(0u, 0u, 0u, 0u);
+    }
+    if (threadIdx.x < 2) {
+      uint4* bd = bit_ring + slot * 2 + threadIdx.x;
+      if (p.bos_bits && bi < blocks) {
+        cp_async_16(bd, p.bos_bits + (static_cast<long long>(b) * blocks + bi) * (kBlock / 32) + 4 * threadIdx.x);
+      } else {
+        *bd = make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+    cp_async_commit();
+  };
+  // The block in xs[bi & 1]: each thread moves its own ring element (so refilling it needs no
+  // barrier, only program order) and threads 0 and 1 their half of the bits.
+  auto transpose = [&](int bi) {
+    const int slot = bi % kStages;
+    const uint4 v4 = ring[slot * kThreads + threadIdx.x];
+    const auto* v = reinterpret_cast<const __nv_bfloat16*>(&v4);
+    __nv_bfloat16* dst = xs + (bi & 1) * kWarps * kXStride;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) dst[(8 * half + e) * kXStride + tok] = v[e];
+    if (threadIdx.x < 2) bit_cur[(bi & 1) * 2 + threadIdx.x] = bit_ring[slot * 2 + threadIdx.x];
+  };
+  auto write_out = [&](int bi) {
+    const int t0 = bi * kBlock, lt = min(kBlock, p.L - t0);
+    if (tok < lt && half_ok) {
+      const __nv_bfloat16* src = xs + (bi & 1) * kWarps * kXStride;
+      uint4 out;
+      auto* o = reinterpret_cast<__nv_bfloat16*>(&out);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = src[(8 * half + e) * kXStride + tok];
+      *reinterpret_cast<uint4*>(y + b * p.y_sb + static_cast<long long>(t0 + tok) * p.y_sl + c0 + 8 * half) = out;
     }
   };
-  const int blocks = (p.L + kBlock - 1) / kBlock;
-  fetch(0);
+#pragma unroll 1
+  for (int bi = 0; bi < kStages; ++bi) issue(bi);
+  cp_async_wait<kStages - 1>();
+  transpose(0);
+  issue(kStages);
+  __syncthreads();
+  // Per block: compute | barrier | write-out of this block, transpose of the next, refill | barrier.
 #pragma unroll 1
   for (int blk = 0; blk < blocks; ++blk) {
     const int t0 = blk * kBlock, lt = min(kBlock, p.L - t0);
-    __syncthreads();  // the previous block's write-out is done with xs
-    {
-      const auto* v = reinterpret_cast<const __nv_bfloat16*>(&stage);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) xs[(8 * half + e) * kXStride + tok] = v[e];
-      if (half == 0) bs[tok] = flag;
-    }
-    const bool any_bos = __syncthreads_or(flag) != 0;
-    if (blk + 1 < blocks) fetch(t0 + kBlock);
+    w.xe = xs + (blk & 1) * kWarps * kXStride + warp * kXStride;
+    w.xw = reinterpret_cast<std::uint32_t*>(w.xe);
+    const auto* bits = reinterpret_cast<const std::uint32_t*>(bit_cur + (blk & 1) * 2);
+    const uint4 b0 = bit_cur[(blk & 1) * 2], b1 = bit_cur[(blk & 1) * 2 + 1];
+    const bool any_bos = ((b0.x | b0.y | b0.z | b0.w) | (b1.x | b1.y | b1.z | b1.w)) != 0u;
     if (active) {
       if (!any_bos && lt == kBlock) {
         const int tt = t0 / kTileTokens;
         h = block_products(w, fr, Q, h, p.add_residual, states ? states + tt * tile_stride : nullptr,
                            states ? states + (tt + 1) * tile_stride : nullptr);
       } else {
-        h = block_steps(w, bs, lt, cq, cp.x, h, p.add_residual, t0, p.L, states, tile_stride);
+        h = block_steps(w, bits, lt, cq, cp.x, h, p.add_residual, t0, p.L, states, tile_stride);
       }
     }
+    cp_async_wait<kStages - 1>();  // this thread's copy of block blk + 1 has landed
     __syncthreads();
-    if (tok < lt && half_ok) {
-      uint4 out;
-      auto* o = reinterpret_cast<__nv_bfloat16*>(&out);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[e] = xs[(8 * half + e) * kXStride + tok];
-      *reinterpret_cast<uint4*>(y + b * p.y_sb + (t0 + tok) * p.y_sl + c0 + 8 * half) = out;
-    }
+    write_out(blk);
+    transpose(blk + 1);
+    issue(blk + 1 + kStages);
+    __syncthreads();
   }
+  cp_async_wait<0>();  // no copy outlives the CTA (the ring's tail holds empty groups or zeros)
   if (owns && p.h_out) p.h_out[sidx] = h;
 }
 

@@ -57,7 +57,7 @@ struct Plan {
   std::size_t smem_pass2 = 0;  // ... of the output kernel
   std::size_t resets = 0, qg = 0, gp = 0, pw = 0, agg = 0, states = 0, enter0 = 0, partial = 0, slot = 0, total = 0;
   bool chunked = false;                        // the forward runs kernel_chunked.cuh
-  std::size_t chunk_frag = 0, chunk_coef = 0;  // its per-channel table (the only workspace it needs)
+  std::size_t chunk_frag = 0, chunk_coef = 0, chunk_bits = 0;  // its per-channel table and BOS bits
 };
 
 // Whether a forward can run the chunked tensor-core kernel: bf16, N <= 16, whole 16-byte groups
@@ -76,12 +76,15 @@ bool chunked_eligible(const ForwardArgs<T>& a, const Problem& p) {
   }
 }
 
-inline Plan chunked_plan(const Problem& p) {
+inline Plan chunked_plan(const Problem& p, bool bos) {
+  namespace ck = kernels::chunked;
   Plan pl;
   pl.chunked = true;
   pl.chunk_frag = 0;
-  pl.chunk_coef = align_up(static_cast<std::size_t>(p.channels) * kernels::chunked::kFragWords * 32 * 4, 256);
-  pl.total = pl.chunk_coef + static_cast<std::size_t>(p.channels) * kernels::chunked::kMaxStates * 2 * sizeof(float4);
+  pl.chunk_coef = align_up(static_cast<std::size_t>(p.channels) * ck::kFragWords * 32 * 4, 256);
+  pl.chunk_bits = align_up(pl.chunk_coef + static_cast<std::size_t>(p.channels) * ck::kMaxStates * 2 * sizeof(float4), 256);
+  const std::size_t blocks = static_cast<std::size_t>((p.length + ck::kBlock - 1) / ck::kBlock);
+  pl.total = pl.chunk_bits + (bos ? static_cast<std::size_t>(p.batch) * blocks * (ck::kBlock / 8) : 0);
   return pl;
 }
 
@@ -173,7 +176,7 @@ inline Status check_saved(const Saved& s, const Problem& p, bool required) {
 
 template <class T>
 Plan forward_plan(const ForwardArgs<T>& a, const Problem& p, bool states_in_workspace, ForwardPath path) {
-  if (path == ForwardPath::kAuto && chunked_eligible(a, p)) return chunked_plan(p);
+  if (path == ForwardPath::kAuto && chunked_eligible(a, p)) return chunked_plan(p, !a.bos_mask.empty());
   return make_plan<T>(p, false, states_in_workspace, false, {a.x.data, a.y.data},
                       {a.x.stride(0), a.x.stride(1), a.y.stride(0), a.y.stride(1)});
 }
@@ -259,15 +262,22 @@ Status launch_chunked(const ForwardArgs<T>& a, const Problem& p, const Saved& sa
     kp.y_sb = a.y.stride(0);
     kp.y_sl = a.y.stride(1);
     kp.add_residual = a.add_residual;
-    kp.bos = a.bos_mask.data;
     kp.h0 = reinterpret_cast<const float2*>(a.h0.data);
     kp.h_out = reinterpret_cast<float2*>(a.h_out.data);
     kp.states = saved.states.empty() ? nullptr : reinterpret_cast<float2*>(saved.states.data);
     kp.tab.frag = reinterpret_cast<uint4*>(ws + pl.chunk_frag);
     kp.tab.coef = reinterpret_cast<float4*>(ws + pl.chunk_coef);
-    ck::table_kernel<><<<static_cast<unsigned>(p.channels), 128, 0, stream>>>(
+    ck::table_kernel<><<<static_cast<unsigned>((p.channels + ck::kTableWarps - 1) / ck::kTableWarps),
+                         32 * ck::kTableWarps, 0, stream>>>(
         a.alpha.data, a.delta.data, a.theta.data, a.gamma.data, kp.D, kp.N, kp.tab);
     GECKO_RETURN_IF_ERROR(last_launch_status("cema chunked table"));
+    if (!a.bos_mask.empty()) {
+      auto* bits = reinterpret_cast<std::uint32_t*>(ws + pl.chunk_bits);
+      const dim3 bgrid(static_cast<unsigned>((p.length + ck::kBlock - 1) / ck::kBlock), static_cast<unsigned>(p.batch));
+      ck::bits_kernel<><<<bgrid, ck::kBlock, 0, stream>>>(a.bos_mask.data, kp.L, bits);
+      GECKO_RETURN_IF_ERROR(last_launch_status("cema chunked BOS bits"));
+      kp.bos_bits = bits;
+    }
     const auto k = ck::forward_kernel<>;
     GECKO_RETURN_IF_ERROR(allow_dynamic_smem(k, ck::kSmemBytes));
     const dim3 grid(static_cast<unsigned>((p.channels + ck::kWarps - 1) / ck::kWarps), static_cast<unsigned>(p.batch));
