@@ -315,11 +315,10 @@ Status backward(const BackwardArgs<T>& a, const Saved& saved, void* workspace, s
   GECKO_RETURN_IF_ERROR(last_launch_status("timestep_norm backward"));
   if (partials) {
     const long long parts = static_cast<long long>(pl.tl.time_tiles) * pl.tl.batch;
-    const unsigned blocks = static_cast<unsigned>((p.channels + 255) / 256);
-    const float* part = kp.partial;
-    if (!a.dweight.empty()) kernels::sum_parts_kernel<<<blocks, 256, 0, stream>>>(part, parts, static_cast<int>(p.channels), a.dweight.data);
-    if (!a.dbias.empty())
-      kernels::sum_parts_kernel<<<blocks, 256, 0, stream>>>(part + parts * p.channels, parts, static_cast<int>(p.channels), a.dbias.data);
+    const dim3 blocks(static_cast<unsigned>((p.channels + 31) / 32), 2);
+    kernels::sum_parts_kernel<><<<blocks, 256, 0, stream>>>(kp.partial, parts, static_cast<int>(p.channels),
+                                                            a.dweight.empty() ? nullptr : a.dweight.data,
+                                                            a.dbias.empty() ? nullptr : a.dbias.data);
   }
   return last_launch_status("timestep_norm parameter gradients");
 }
