@@ -23,7 +23,9 @@
 // loads; y overwrites x there and leaves as 16-byte stores while the next block is transposed into
 // the other buffer (two CTA barriers per block). Blocks holding a BOS, and the sequence's last partial block, run the
 // recurrence token by token in the same 16 lanes instead (about 10x the instructions, exact
-// resets). The state after every kTileTokens tokens goes to Saved::states for the backward.
+// resets). The state after every kTileTokens tokens goes to Saved::states for the backward. Each
+// warp forms its channel's coefficient matrices from the raw parameters while its CTA's first
+// blocks are in flight (channel_constants), so the forward needs no workspace but the BOS bits.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -53,12 +55,14 @@ inline constexpr std::size_t kRingBytes = static_cast<std::size_t>(kStages) * kT
 inline constexpr std::size_t kBitsBytes = static_cast<std::size_t>(kStages) * kBlock / 8;
 inline constexpr std::size_t kXBytes = static_cast<std::size_t>(kWarps) * kXStride * 2;  // one of two buffers
 inline constexpr std::size_t kSmemBytes = kRingBytes + 2 * kBitsBytes / kStages + kBitsBytes + 2 * kXBytes +
-                                          static_cast<std::size_t>(kWarps) * kRows * kScanStride * 8;
+                                          static_cast<std::size_t>(kWarps) * kRows * kScanStride * 8 +
+                                          kWarps * 4224;  // + a ChannelScratch per warp (static_assert below)
 
-// Per-channel constants, computed from the raw parameters by table_kernel (in double).
-struct Table {
-  uint4* frag;   // [D][10][32]: lane l's 40 B-fragment registers (E, F, K; hi, lo) of channel d
-  float4* coef;  // [D][16][2]: {Re q, Im q, Re g, Im g}, {p, Re q^16, Im q^16, 0}; zeros for n >= N
+// A warp's scratch while it forms its channel's constants (channel_constants).
+struct ChannelScratch {
+  float e[kSub][2 * kMaxStates];  // E[j][2n + part]
+  float f[2 * kMaxStates][kSub];  // F[2n + part][i]
+  float2 g[kMaxStates];           // g_n
 };
 
 struct Params {
@@ -69,7 +73,7 @@ struct Params {
   const float2* h0 = nullptr;         // [B, D, N] or null; read before h_out is written (may alias)
   float2* h_out = nullptr;            // [B, D, N] or null
   float2* states = nullptr;           // [ceil(L / kTileTokens), B, D, N] (Saved::states) or null
-  Table tab;
+  const float *alpha = nullptr, *delta = nullptr, *theta = nullptr, *gamma = nullptr;  // raw parameters
 };
 
 __device__ __forceinline__ std::uint32_t pack_bf16x2(float lo_elem, float hi_elem) {
@@ -87,33 +91,23 @@ __device__ __forceinline__ void split_bf16x2(float v0, float v1, std::uint32_t& 
   lo = pack_bf16x2(v0 - h.x, v1 - h.y);
 }
 
-// ---- the per-channel table ---------------------------------------------------------------------
+// ---- the per-channel constants ------------------------------------------------------------------
 
-// One warp per channel (8 per CTA, all resident at once). Lane n < 16 forms q_n^t (t = 0..16) by
-// repeated products in double (relative error ~1e-15) and from them its state's column of E, row of
-// F and share of k; then every lane assembles its 40 fragment words, each value rounded once to a
-// bf16 hi part and once more to a lo part. Grid: ceil(D / 8) CTAs of 256 threads.
-inline constexpr int kTableWarps = 8;
+static_assert(sizeof(ChannelScratch) == 4224, "kSmemBytes counts one ChannelScratch per warp");
 
-template <int kUnused = 0>
-__global__ void __launch_bounds__(32 * kTableWarps)
-    table_kernel(const float* __restrict__ alpha, const float* __restrict__ delta, const float* __restrict__ theta,
-                 const float* __restrict__ gamma, int D, int N, Table tab) {
-  struct WarpTable {
-    float e[kSub][2 * kMaxStates];  // E[j][2n + part]
-    float f[2 * kMaxStates][kSub];  // F[2n + part][i]
-    double kp[kMaxStates][kSub];    // Re(g p q^t) per state, summed over n into k(t)
-  };
-  __shared__ WarpTable s_all[kTableWarps];
-  const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
-  const int d = static_cast<int>(blockIdx.x) * kTableWarps + warp;
-  if (d >= D) return;  // warp-level work only: no CTA barrier below
-  WarpTable& s = s_all[warp];
+// The warp's channel d: lane n < 16 forms q_n^t (t = 0..16) by repeated products in double
+// (relative error ~1e-15) and from them its state's column of E and row of F; k(t) is summed
+// from E in float; then every lane assembles its 40 fragment registers (fr: E, F, K^T, each
+// value rounded once to a bf16 hi part and once more to a lo part), and lanes < 16 get their
+// state's {q, g} (cq) and {p, Q = q^16} (cp). Run by each warp of the forward kernel before its
+// loop (a separate table kernel took 22 us at D = 4096 and a 20 MB round trip through memory).
+__device__ __forceinline__ void channel_constants(const Params& p, int d, int lane, ChannelScratch& s,
+                                                  std::uint32_t (&fr)[kFragWords], float4& cq, float4& cp) {
   if (lane < kMaxStates) {
     const int n = lane;
     double rho = 0.0, phi = 0.0, pp = 0.0;
     float4 qg = make_float4(0.f, 0.f, 0.f, 0.f), gp = qg;
-    if (n < N) coefficients_at(alpha, delta, theta, gamma, d, n, N, qg, gp, &phi, &rho, &pp);
+    if (n < p.N) coefficients_at(p.alpha, p.delta, p.theta, p.gamma, d, n, p.N, qg, gp, &phi, &rho, &pp);
     double sn, cs;
     sincos(phi, &sn, &cs);
     const double qr = rho * cs, qi = rho * sn, gr = gp.x, gi = gp.y;
@@ -121,30 +115,27 @@ __global__ void __launch_bounds__(32 * kTableWarps)
     for (int t = 0; t < kSub; ++t) {
       s.e[kSub - 1 - t][2 * n] = static_cast<float>(pp * ar);
       s.e[kSub - 1 - t][2 * n + 1] = static_cast<float>(pp * ai);
-      s.kp[n][t] = pp * (gr * ar - gi * ai);
       const double nr = ar * qr - ai * qi;  // q^(t+1)
       ai = ar * qi + ai * qr;
       ar = nr;
       s.f[2 * n][t] = static_cast<float>(gr * ar - gi * ai);
       s.f[2 * n + 1][t] = static_cast<float>(-(gr * ai + gi * ar));
     }
-    // ar + i ai = q^16 = Q (zero for padded states: rho = 0 there).
-    float4* c = tab.coef + (static_cast<long long>(d) * kMaxStates + n) * 2;
-    c[0] = make_float4(qg.x, qg.y, gp.x, gp.y);
-    c[1] = make_float4(static_cast<float>(pp), static_cast<float>(ar), static_cast<float>(ai), 0.f);
+    s.g[n] = make_float2(gp.x, gp.y);
+    cq = make_float4(qg.x, qg.y, gp.x, gp.y);
+    cp = make_float4(static_cast<float>(pp), static_cast<float>(ar), static_cast<float>(ai), 0.f);  // ar + i ai = q^16
   }
   __syncwarp();
-  float kt = 0.f;  // k(lane) for lanes < 16
+  float kt = 0.f;  // k(lane) = sum_n Re(g_n p_n q_n^lane), lanes < 16
   if (lane < kSub) {
-    double k = 0.0;
-    for (int n = 0; n < kMaxStates; ++n) k += s.kp[n][lane];
-    kt = static_cast<float>(k);
+#pragma unroll 4
+    for (int n = 0; n < kMaxStates; ++n)
+      kt += s.g[n].x * s.e[kSub - 1 - lane][2 * n] - s.g[n].y * s.e[kSub - 1 - lane][2 * n + 1];
   }
   const int g = lane >> 2, m = lane & 3;
-  uint4* frag = tab.frag + static_cast<long long>(d) * 10 * 32 + lane;
-#pragma unroll 1
-  for (int q4 = 0; q4 < kFragWords / 4; ++q4) {  // the words of registers 4 q4 .. 4 q4 + 3: b0, b1 (hi), b0, b1 (lo)
-    float v[2][2];                                // [b0 / b1][element]
+#pragma unroll
+  for (int q4 = 0; q4 < kFragWords / 4; ++q4) {  // registers 4 q4 .. 4 q4 + 3: b0, b1 (hi), b0, b1 (lo)
+    float v[2][2];                               // [b0 / b1][element]
 #pragma unroll
     for (int bs = 0; bs < 2; ++bs)
 #pragma unroll
@@ -156,15 +147,13 @@ __global__ void __launch_bounds__(32 * kTableWarps)
           const int ks = (q4 - 4) >> 1, nt = (q4 - 4) & 1;
           v[bs][e] = s.f[16 * ks + kk][8 * nt + g];
         } else {  // K^T: n-tile nt, K^T[j = kk][i = 8 nt + g] = k(i - j)
-          const int i_tok = 8 * (q4 - 8) + g, dt = i_tok - kk;
+          const int dt = 8 * (q4 - 8) + g - kk;
           const float kv = __shfl_sync(0xffffffffu, kt, dt < 0 ? 0 : dt);
           v[bs][e] = dt >= 0 ? kv : 0.f;
         }
       }
-    uint4 word;
-    split_bf16x2(v[0][0], v[0][1], word.x, word.z);
-    split_bf16x2(v[1][0], v[1][1], word.y, word.w);
-    frag[q4 * 32] = word;
+    split_bf16x2(v[0][0], v[0][1], fr[4 * q4], fr[4 * q4 + 2]);
+    split_bf16x2(v[1][0], v[1][1], fr[4 * q4 + 1], fr[4 * q4 + 3]);
   }
 }
 
@@ -298,6 +287,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto* bit_cur = bit_ring + 2 * kStages;                          // [2][2] bits of the blocks in xs
   auto* xs = reinterpret_cast<__nv_bfloat16*>(bit_cur + 4);       // [2][kWarps][kXStride]
   auto* scan = reinterpret_cast<float2*>(xs + 2 * kWarps * kXStride);  // [kWarps][kRows][kScanStride]
+  auto* scratch = reinterpret_cast<ChannelScratch*>(scan + kWarps * kRows * kScanStride);  // [kWarps]
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   Warp w;
   w.lane = static_cast<int>(threadIdx.x) & 31;
@@ -309,32 +299,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   std::uint32_t fr[kFragWords];
   float4 cq = make_float4(0.f, 0.f, 0.f, 0.f), cp = cq;
-  if (active) {
-    const uint4* t = p.tab.frag + static_cast<long long>(d) * 10 * 32 + w.lane;
-#pragma unroll
-    for (int i = 0; i < 10; ++i) {
-      const uint4 v = __ldg(t + i * 32);
-      fr[4 * i] = v.x;
-      fr[4 * i + 1] = v.y;
-      fr[4 * i + 2] = v.z;
-      fr[4 * i + 3] = v.w;
-    }
-    if (w.lane < kMaxStates) {
-      cq = __ldg(p.tab.coef + (static_cast<long long>(d) * kMaxStates + w.lane) * 2);
-      cp = __ldg(p.tab.coef + (static_cast<long long>(d) * kMaxStates + w.lane) * 2 + 1);
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < kFragWords; ++i) fr[i] = 0u;
-  }
-  const bool owns = active && w.lane < p.N;
-  const long long sidx = (static_cast<long long>(b) * p.D + d) * p.N + w.lane;
-  const long long tile_stride = static_cast<long long>(p.B) * p.D * p.N;
-  float2 h = make_float2(0.f, 0.f);
-  if (owns && p.h0) h = p.h0[sidx];
-  float2* states = owns ? p.states : nullptr;
-  if (states) states += sidx;
-  const float2 Q = make_float2(cp.y, cp.z);
 
   // Staging: thread -> token tok of a block, channels c0 + 8 half .. + 7 (D % 8 == 0), one 16-byte
   // cp.async per block into a ring of kStages blocks (kStages - 1 in flight while one is used);
@@ -385,6 +349,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
 #pragma unroll 1
   for (int bi = 0; bi < kStages; ++bi) issue(bi);
+  // The channel's constants while the first blocks are in flight.
+  if (active) {
+    channel_constants(p, d, w.lane, scratch[warp], fr, cq, cp);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kFragWords; ++i) fr[i] = 0u;
+  }
+  const bool owns = active && w.lane < p.N;
+  const long long sidx = (static_cast<long long>(b) * p.D + d) * p.N + w.lane;
+  const long long tile_stride = static_cast<long long>(p.B) * p.D * p.N;
+  float2 h = make_float2(0.f, 0.f);
+  if (owns && p.h0) h = p.h0[sidx];
+  float2* states = owns ? p.states : nullptr;
+  if (states) states += sidx;
+  const float2 Q = make_float2(cp.y, cp.z);
   cp_async_wait<kStages - 1>();
   transpose(0);
   issue(kStages);

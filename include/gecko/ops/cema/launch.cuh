@@ -57,7 +57,7 @@ struct Plan {
   std::size_t smem_pass2 = 0;  // ... of the output kernel
   std::size_t resets = 0, qg = 0, gp = 0, pw = 0, agg = 0, states = 0, enter0 = 0, partial = 0, slot = 0, total = 0;
   bool chunked = false;                        // the forward runs kernel_chunked.cuh
-  std::size_t chunk_frag = 0, chunk_coef = 0, chunk_bits = 0;  // its per-channel table and BOS bits
+  // (the chunked forward's only workspace is its BOS bits, at offset 0)
 };
 
 // Whether a forward can run the chunked tensor-core kernel: bf16, N <= 16, whole 16-byte groups
@@ -80,11 +80,8 @@ inline Plan chunked_plan(const Problem& p, bool bos) {
   namespace ck = kernels::chunked;
   Plan pl;
   pl.chunked = true;
-  pl.chunk_frag = 0;
-  pl.chunk_coef = align_up(static_cast<std::size_t>(p.channels) * ck::kFragWords * 32 * 4, 256);
-  pl.chunk_bits = align_up(pl.chunk_coef + static_cast<std::size_t>(p.channels) * ck::kMaxStates * 2 * sizeof(float4), 256);
   const std::size_t blocks = static_cast<std::size_t>((p.length + ck::kBlock - 1) / ck::kBlock);
-  pl.total = pl.chunk_bits + (bos ? static_cast<std::size_t>(p.batch) * blocks * (ck::kBlock / 8) : 0);
+  pl.total = bos ? static_cast<std::size_t>(p.batch) * blocks * (ck::kBlock / 8) : 0;  // the BOS bits
   return pl;
 }
 
@@ -244,7 +241,8 @@ Status launch_backward(const kernels::BackwardParams& kp, const Plan& pl, const 
   return last_launch_status("cema backward");
 }
 
-// The chunked forward: its table, then the kernel (grid: 16-channel slabs x batch rows).
+// The chunked forward: the BOS bits (when there is a mask), then the kernel (grid: 16-channel
+// slabs x batch rows).
 template <class T>
 Status launch_chunked(const ForwardArgs<T>& a, const Problem& p, const Saved& saved, char* ws, const Plan& pl,
                       cudaStream_t stream) {
@@ -265,14 +263,12 @@ Status launch_chunked(const ForwardArgs<T>& a, const Problem& p, const Saved& sa
     kp.h0 = reinterpret_cast<const float2*>(a.h0.data);
     kp.h_out = reinterpret_cast<float2*>(a.h_out.data);
     kp.states = saved.states.empty() ? nullptr : reinterpret_cast<float2*>(saved.states.data);
-    kp.tab.frag = reinterpret_cast<uint4*>(ws + pl.chunk_frag);
-    kp.tab.coef = reinterpret_cast<float4*>(ws + pl.chunk_coef);
-    ck::table_kernel<><<<static_cast<unsigned>((p.channels + ck::kTableWarps - 1) / ck::kTableWarps),
-                         32 * ck::kTableWarps, 0, stream>>>(
-        a.alpha.data, a.delta.data, a.theta.data, a.gamma.data, kp.D, kp.N, kp.tab);
-    GECKO_RETURN_IF_ERROR(last_launch_status("cema chunked table"));
+    kp.alpha = a.alpha.data;
+    kp.delta = a.delta.data;
+    kp.theta = a.theta.data;
+    kp.gamma = a.gamma.data;
     if (!a.bos_mask.empty()) {
-      auto* bits = reinterpret_cast<std::uint32_t*>(ws + pl.chunk_bits);
+      auto* bits = reinterpret_cast<std::uint32_t*>(ws);
       const dim3 bgrid(static_cast<unsigned>((p.length + ck::kBlock - 1) / ck::kBlock), static_cast<unsigned>(p.batch));
       ck::bits_kernel<><<<bgrid, ck::kBlock, 0, stream>>>(a.bos_mask.data, kp.L, bits);
       GECKO_RETURN_IF_ERROR(last_launch_status("cema chunked BOS bits"));
@@ -321,7 +317,7 @@ Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std
     return invalid_argument("h_out partially overlaps h0: pass the same buffer or disjoint ones");
   const bool in_ws = saved.states.empty();
   const auto pl = detail::forward_plan(a, p, in_ws, path);
-  if (workspace_bytes < pl.total || !workspace)
+  if (workspace_bytes < pl.total || (!workspace && pl.total > 0))
     return invalid_argument("cema forward needs " + std::to_string(pl.total) + " bytes of workspace, got " +
                             std::to_string(workspace_bytes));
   if (p.batch == 0 || p.length == 0) {
