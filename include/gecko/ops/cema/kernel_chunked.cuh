@@ -16,8 +16,16 @@
 // but lo x lo kept, so the products carry ~16 mantissa bits and accumulate in fp32: results agree
 // with the fp32 recurrence to ~1e-5 (not bitwise: a different summation order).
 //
+// Measured (H100, B = 1, L = 16384, D = 4096, N = 16): 0.28 ms against 0.81 ms for the tile kernels
+// in the same process. The loop is latency-bound, not DRAM-bound (~0.33 of copy bandwidth): 16
+// warps per SM issue 0.46 instructions per cycle and scheduler, each warp's block a dependent chain
+// of shared-memory round trips, the 16-step scan and mma accumulations (Nsight Compute stalls per
+// instruction: wait 1.7, short scoreboard 1.2, MIO throttle 1.0, barrier 0.5).
+//
 // Layout. A CTA owns 16 channels (one warp each) of one batch row and walks the whole sequence,
-// carrying the state in registers of the warp's first 16 lanes. 256-token blocks arrive through a
+// carrying the state in registers of the warp's first 16 lanes. (128 registers a thread allow one
+// such CTA per SM; 8-channel CTAs, two per SM, measured slower on an H100, 0.37 against 0.28 ms at
+// the 7B shape: their 16-byte row pieces raised DRAM reads by 42%.) 256-token blocks arrive through a
 // cp.async ring kStages blocks deep (one 16-byte copy per thread and block) and are stored
 // transposed, channel-major, into one of two buffers, so a lane's A fragment is four 32-bit shared
 // loads; y overwrites x there and leaves as 16-byte stores while the next block is transposed into
