@@ -67,7 +67,10 @@ bool chunked_eligible(const ForwardArgs<T>& a, const Problem& p) {
   if constexpr (!std::is_same_v<T, __nv_bfloat16>) {
     return false;
   } else {
-    if (p.states > kernels::chunked::kMaxStates || p.channels % 8 != 0 || p.batch > 65535) return false;
+    // (The kernel's token indices are int and run kStages + 1 blocks past the end.)
+    if (p.states > kernels::chunked::kMaxStates || p.channels % 8 != 0 || p.batch > 65535 ||
+        p.length > INT_MAX - (kernels::chunked::kStages + 1) * kernels::chunked::kBlock)
+      return false;
     for (const void* q : {static_cast<const void*>(a.x.data), static_cast<const void*>(a.y.data)})
       if (reinterpret_cast<std::uintptr_t>(q) % 16 != 0) return false;
     for (std::int64_t st : {a.x.stride(0), a.x.stride(1), a.y.stride(0), a.y.stride(1)})
