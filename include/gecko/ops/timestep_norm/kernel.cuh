@@ -300,7 +300,7 @@ __device__ void forward_tile(const ForwardParams& p, const T* __restrict__ weigh
     }
   } else {
     if (threadIdx.x < Gt) p.agg[static_cast<long long>(flag_index) * Gt + threadIdx.x] = own;
-    __threadfence();
+    if (threadIdx.x < Gt) __threadfence();  // only the aggregate's writers
     __syncthreads();
     if (threadIdx.x == 0) lookback::store_flag(p.flags + flag_index, lookback::kAggregate);
     const ChainState st = lookback::chain_prefix<kWindow>(p.flags, chains, chain, tt, p.agg, p.incl, Gt, s_window,
@@ -320,7 +320,7 @@ __device__ void forward_tile(const ForwardParams& p, const T* __restrict__ weigh
       if (g == 0) p.count_out[b] = out.count;
     }
   }
-  __threadfence();
+  if (threadIdx.x < Gt) __threadfence();  // only the inclusive state's writers
   __syncthreads();
   if (threadIdx.x == 0 && tt + 1 < tl.time_tiles) lookback::store_flag(p.flags + flag_index, lookback::kInclusive);
 
@@ -680,7 +680,7 @@ __device__ void backward_tile(const BackwardParams& p, const T* __restrict__ wei
     }
   } else {
     if (threadIdx.x < Gt) p.agg[static_cast<long long>(flag_index) * Gt + threadIdx.x] = own;
-    __threadfence();
+    if (threadIdx.x < Gt) __threadfence();  // only the aggregate's writers
     __syncthreads();
     if (threadIdx.x == 0) lookback::store_flag(p.flags + flag_index, lookback::kAggregate);
     const AdjointState st = lookback::chain_prefix<kWindow>(
@@ -699,7 +699,7 @@ __device__ void backward_tile(const BackwardParams& p, const T* __restrict__ wei
       p.dprev_var[b * tl.groups + g] = out.w;
     }
   }
-  __threadfence();
+  if (threadIdx.x < Gt) __threadfence();  // only the inclusive state's writers
   __syncthreads();
   if (threadIdx.x == 0 && tt > 0) lookback::store_flag(p.flags + flag_index, lookback::kInclusive);
 
