@@ -83,6 +83,17 @@ struct Coefficients {
   const float2* pw;  // q^kTileTokens
 };
 
+// What the single-kernel forwards (decoding: kernel_decode.cuh; chunked: kernel_chunked.cuh) take
+// of a call: sizes, strides, the raw parameters and the carried state (launch.cuh's call_params).
+struct CallParams {
+  int B = 0, L = 0, D = 0, N = 0;
+  const float *alpha = nullptr, *delta = nullptr, *theta = nullptr, *gamma = nullptr;
+  long long x_sb = 0, x_sl = 0, y_sb = 0, y_sl = 0;
+  bool add_residual = false;
+  const float2* h0 = nullptr;  // [B, D, N] or null (zeros); read before h_out is written (may alias)
+  float2* h_out = nullptr;     // [B, D, N] or null
+};
+
 struct ForwardParams {
   Tiling tl;
   long long x_sb, x_sl, y_sb, y_sl;  // batch and time strides, elements

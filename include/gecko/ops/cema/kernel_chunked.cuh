@@ -59,13 +59,6 @@ inline constexpr int kStages = 4;            // blocks in flight: cp.async ring 
 static_assert(kBlock == 2 * kTileTokens, "states are saved every kTileTokens tokens: after rows 8 and 16");
 static_assert(kThreads == 2 * kBlock, "the staging maps a thread to one token and 8 channels");
 
-inline constexpr std::size_t kRingBytes = static_cast<std::size_t>(kStages) * kThreads * 16;
-inline constexpr std::size_t kBitsBytes = static_cast<std::size_t>(kStages) * kBlock / 8;
-inline constexpr std::size_t kXBytes = static_cast<std::size_t>(kWarps) * kXStride * 2;  // one of two buffers
-inline constexpr std::size_t kSmemBytes = kRingBytes + 2 * kBitsBytes / kStages + kBitsBytes + 2 * kXBytes +
-                                          static_cast<std::size_t>(kWarps) * kRows * kScanStride * 8 +
-                                          kWarps * 4224;  // + a ChannelScratch per warp (static_assert below)
-
 // A warp's scratch while it forms its channel's constants (channel_constants).
 struct ChannelScratch {
   float e[kSub][2 * kMaxStates];  // E[j][2n + part]
@@ -73,15 +66,20 @@ struct ChannelScratch {
   float2 g[kMaxStates];           // g_n
 };
 
-struct Params {
-  int B = 0, L = 0, D = 0, N = 0;
-  long long x_sb = 0, x_sl = 0, y_sb = 0, y_sl = 0;
-  bool add_residual = false;
+// The forward kernel's dynamic shared memory.
+struct Shared {
+  uint4 ring[kStages][kThreads];                  // raw blocks in flight: [token][16 channels] each
+  uint4 bit_ring[kStages][2];                     // their BOS bits (256 a block)
+  uint4 bit_cur[2][2];                            // the bits of the blocks in xs
+  __nv_bfloat16 xs[2][kWarps][kXStride];          // two transposed blocks, a row per channel
+  float2 scan[kWarps][kRows][kScanStride];        // each warp's scan scratch
+  ChannelScratch scratch[kWarps];                 // each warp's constants, in the prologue
+};
+inline constexpr std::size_t kSmemBytes = sizeof(Shared);
+
+struct Params : CallParams {
   const std::uint32_t* bos_bits = nullptr;  // [B, blocks, 8]: the BOS mask, a bit per token (bits_kernel)
-  const float2* h0 = nullptr;         // [B, D, N] or null; read before h_out is written (may alias)
-  float2* h_out = nullptr;            // [B, D, N] or null
-  float2* states = nullptr;           // [ceil(L / kTileTokens), B, D, N] (Saved::states) or null
-  const float *alpha = nullptr, *delta = nullptr, *theta = nullptr, *gamma = nullptr;  // raw parameters
+  float2* states = nullptr;                 // [ceil(L / kTileTokens), B, D, N] (Saved::states) or null
 };
 
 __device__ __forceinline__ std::uint32_t pack_bf16x2(float lo_elem, float hi_elem) {
@@ -100,8 +98,6 @@ __device__ __forceinline__ void split_bf16x2(float v0, float v1, std::uint32_t& 
 }
 
 // ---- the per-channel constants ------------------------------------------------------------------
-
-static_assert(sizeof(ChannelScratch) == 4224, "kSmemBytes counts one ChannelScratch per warp");
 
 // The warp's channel d: lane n < 16 forms q_n^t (t = 0..16) by repeated products in double
 // (relative error ~1e-15) and from them its state's column of E and row of F; k(t) is summed
@@ -290,18 +286,17 @@ template <int kUnused = 0>
 __global__ void __launch_bounds__(kThreads, 1)
     forward_kernel(Params p, const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y) {
   extern __shared__ __align__(16) unsigned char smem[];
-  auto* ring = reinterpret_cast<uint4*>(smem);                    // [kStages][kThreads] raw blocks
-  auto* bit_ring = reinterpret_cast<uint4*>(smem + kRingBytes);    // [kStages][2] their BOS bits
-  auto* bit_cur = bit_ring + 2 * kStages;                          // [2][2] bits of the blocks in xs
-  auto* xs = reinterpret_cast<__nv_bfloat16*>(bit_cur + 4);       // [2][kWarps][kXStride]
-  auto* scan = reinterpret_cast<float2*>(xs + 2 * kWarps * kXStride);  // [kWarps][kRows][kScanStride]
-  auto* scratch = reinterpret_cast<ChannelScratch*>(scan + kWarps * kRows * kScanStride);  // [kWarps]
+  Shared& sh = *reinterpret_cast<Shared*>(smem);
+  uint4* ring = &sh.ring[0][0];
+  uint4* bit_ring = &sh.bit_ring[0][0];
+  uint4* bit_cur = &sh.bit_cur[0][0];
+  __nv_bfloat16* xs = &sh.xs[0][0][0];
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   Warp w;
   w.lane = static_cast<int>(threadIdx.x) & 31;
   w.g = w.lane >> 2;
   w.m = w.lane & 3;
-  w.sc = scan + warp * kRows * kScanStride;
+  w.sc = &sh.scan[warp][0][0];
   const int b = static_cast<int>(blockIdx.y), c0 = static_cast<int>(blockIdx.x) * kWarps, d = c0 + warp;
   const bool active = d < p.D;
 
@@ -359,7 +354,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int bi = 0; bi < kStages; ++bi) issue(bi);
   // The channel's constants while the first blocks are in flight.
   if (active) {
-    channel_constants(p, d, w.lane, scratch[warp], fr, cq, cp);
+    channel_constants(p, d, w.lane, sh.scratch[warp], fr, cq, cp);
   } else {
 #pragma unroll
     for (int i = 0; i < kFragWords; ++i) fr[i] = 0u;

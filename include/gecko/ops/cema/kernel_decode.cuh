@@ -17,15 +17,9 @@ namespace gecko::cema::kernels {
 
 inline constexpr int kDecodeTokens = 8;  // longest call this path takes
 
-struct DecodeParams {
-  int B = 0, L = 0, D = 0, N = 0;
-  const float *alpha = nullptr, *delta = nullptr, *theta = nullptr, *gamma = nullptr;
+struct DecodeParams : CallParams {
   const std::uint8_t* bos = nullptr;  // [B, L] or null
-  long long x_sb = 0, x_sl = 0, y_sb = 0, y_sl = 0;
-  bool add_residual = false;
-  const float2* h0 = nullptr;  // [B, D, N] or null (zeros)
-  float2* h_out = nullptr;     // [B, D, N] or null; may be h0
-  float2* state = nullptr;     // [B, D, N]: Saved::states of the call's one tile
+  float2* state = nullptr;            // [B, D, N]: Saved::states of the call's one tile
 };
 
 // grid ceil(B * D * N / 256), 256 threads; N a power of two <= 32, L <= kDecodeTokens.

@@ -244,6 +244,27 @@ Status launch_backward(const kernels::BackwardParams& kp, const Plan& pl, const 
   return last_launch_status("cema backward");
 }
 
+template <class T>
+kernels::CallParams call_params(const ForwardArgs<T>& a, const Problem& p) {
+  kernels::CallParams c;
+  c.B = static_cast<int>(p.batch);
+  c.L = static_cast<int>(p.length);
+  c.D = static_cast<int>(p.channels);
+  c.N = static_cast<int>(p.states);
+  c.alpha = a.alpha.data;
+  c.delta = a.delta.data;
+  c.theta = a.theta.data;
+  c.gamma = a.gamma.data;
+  c.x_sb = a.x.stride(0);
+  c.x_sl = a.x.stride(1);
+  c.y_sb = a.y.stride(0);
+  c.y_sl = a.y.stride(1);
+  c.add_residual = a.add_residual;
+  c.h0 = reinterpret_cast<const float2*>(a.h0.data);
+  c.h_out = reinterpret_cast<float2*>(a.h_out.data);
+  return c;
+}
+
 // The chunked forward: the BOS bits (when there is a mask), then the kernel (grid: 16-channel
 // slabs x batch rows).
 template <class T>
@@ -254,22 +275,8 @@ Status launch_chunked(const ForwardArgs<T>& a, const Problem& p, const Saved& sa
     return unsupported("cema: the chunked forward takes bfloat16");  // not reached: see chunked_eligible
   } else {
     ck::Params kp;
-    kp.B = static_cast<int>(p.batch);
-    kp.L = static_cast<int>(p.length);
-    kp.D = static_cast<int>(p.channels);
-    kp.N = static_cast<int>(p.states);
-    kp.x_sb = a.x.stride(0);
-    kp.x_sl = a.x.stride(1);
-    kp.y_sb = a.y.stride(0);
-    kp.y_sl = a.y.stride(1);
-    kp.add_residual = a.add_residual;
-    kp.h0 = reinterpret_cast<const float2*>(a.h0.data);
-    kp.h_out = reinterpret_cast<float2*>(a.h_out.data);
+    static_cast<kernels::CallParams&>(kp) = call_params(a, p);
     kp.states = saved.states.empty() ? nullptr : reinterpret_cast<float2*>(saved.states.data);
-    kp.alpha = a.alpha.data;
-    kp.delta = a.delta.data;
-    kp.theta = a.theta.data;
-    kp.gamma = a.gamma.data;
     if (!a.bos_mask.empty()) {
       auto* bits = reinterpret_cast<std::uint32_t*>(ws);
       const dim3 bgrid(static_cast<unsigned>((p.length + ck::kBlock - 1) / ck::kBlock), static_cast<unsigned>(p.batch));
@@ -336,22 +343,8 @@ Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std
   }
   if (p.length <= kernels::kDecodeTokens && p.states <= 32 && (p.states & (p.states - 1)) == 0) {
     kernels::DecodeParams dp;
-    dp.B = static_cast<int>(p.batch);
-    dp.L = static_cast<int>(p.length);
-    dp.D = static_cast<int>(p.channels);
-    dp.N = static_cast<int>(p.states);
-    dp.alpha = a.alpha.data;
-    dp.delta = a.delta.data;
-    dp.theta = a.theta.data;
-    dp.gamma = a.gamma.data;
+    static_cast<kernels::CallParams&>(dp) = detail::call_params(a, p);
     dp.bos = a.bos_mask.data;
-    dp.x_sb = a.x.stride(0);
-    dp.x_sl = a.x.stride(1);
-    dp.y_sb = a.y.stride(0);
-    dp.y_sl = a.y.stride(1);
-    dp.add_residual = a.add_residual;
-    dp.h0 = reinterpret_cast<const float2*>(a.h0.data);
-    dp.h_out = reinterpret_cast<float2*>(a.h_out.data);
     dp.state = in_ws ? nullptr : reinterpret_cast<float2*>(saved.states.data);
     const long long total = static_cast<long long>(p.batch) * p.channels * p.states;
     kernels::forward_decode_kernel<T><<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(dp, a.x.data,
