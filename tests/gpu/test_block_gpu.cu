@@ -10,6 +10,7 @@
 #include "gecko/layers/cuda/block.cuh"
 #include "gecko/layers/init.hpp"
 #include "block_fixtures.hpp"
+#include "gemm_context.hpp"
 #include "test_util.hpp"
 
 using namespace gecko;
@@ -63,8 +64,7 @@ void run_block(bool documents, double tol_out, double tol_grad) {
   REQUIRE(block::cpu::backward(c, params, br, grads_ref).ok());
 
   // GPU.
-  linear::cuda::Context ctx;
-  REQUIRE(ctx.init().ok());
+  linear::cuda::Context& ctx = test::gemm_context();
   layers::cuda::DeviceParameters<T> P;
   REQUIRE(P.upload(params).ok());
   layers::cuda::DeviceGradients G;
@@ -121,8 +121,7 @@ TEST_CASE("gpu block training step runs from a CUDA graph") {
   init_parameters(params, 13);
   auto xh = test::random_vector<T>(B * L * D, 51, -2, 2);
   auto dh = test::random_vector<T>(B * L * D, 52, -1, 1);
-  linear::cuda::Context ctx;
-  REQUIRE(ctx.init().ok());
+  linear::cuda::Context& ctx = test::gemm_context();
   layers::cuda::DeviceParameters<T> P;
   REQUIRE(P.upload(params).ok());
   layers::cuda::DeviceGradients G;

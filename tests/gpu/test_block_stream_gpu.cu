@@ -13,6 +13,7 @@
 #include "gecko/layers/cuda/stream.cuh"
 #include "gecko/layers/init.hpp"
 #include "block_fixtures.hpp"
+#include "gemm_context.hpp"
 #include "test_util.hpp"
 
 using namespace gecko;
@@ -80,8 +81,7 @@ void run_stream(double tol, layers::cuda::StreamLayers layers) {
   bos[1 * total + 100] = 1;  // a document starts inside the stream of row 1
   bos[0 * total + 0] = 1;
 
-  linear::cuda::Context ctx;
-  REQUIRE(ctx.init().ok());
+  linear::cuda::Context& ctx = test::gemm_context();
   layers::cuda::DeviceParameters<T> P;
   REQUIRE(P.upload(params).ok());
   layers::cuda::BlockStream<T> gs;
@@ -141,8 +141,7 @@ TEST_CASE("gpu block stream equals one training-path forward over the same token
   const I64 B = 1, D = c.model_dim, L = 5 * c.chunk_size;
   const auto params = make_params(c);
   auto xh = test::random_vector<T>(B * L * D, 41, -2, 2);
-  linear::cuda::Context ctx;
-  REQUIRE(ctx.init().ok());
+  linear::cuda::Context& ctx = test::gemm_context();
   layers::cuda::DeviceParameters<T> P;
   REQUIRE(P.upload(params).ok());
   DeviceBuffer<T> x_d, full_d(B * L * D), part_d(B * L * D);
@@ -179,6 +178,8 @@ TEST_CASE("gpu stream decode steps replay CUDA graphs") {
   const GeckoConfig c = small_config();
   const I64 B = 2, D = c.model_dim, C = c.chunk_size;
   const auto params = make_params(c);
+  // A context of its own: the stream's GEMM plans are created lazily by its first eager steps,
+  // before any capture, as in a fresh program (a shared context would already hold them).
   linear::cuda::Context ctx;
   REQUIRE(ctx.init().ok());
   layers::cuda::DeviceParameters<T> P;
@@ -259,8 +260,7 @@ TEST_CASE("gpu block stream rejects bad calls") {
   using T = float;
   const GeckoConfig c = small_config();
   const I64 D = c.model_dim;
-  linear::cuda::Context ctx;
-  REQUIRE(ctx.init().ok());
+  linear::cuda::Context& ctx = test::gemm_context();
   layers::cuda::DeviceParameters<T> P;
   REQUIRE(P.upload(make_params(c)).ok());
   DeviceBuffer<T> x(2 * 128 * D), out(2 * 128 * D);

@@ -11,6 +11,7 @@
 #include "gecko/layers/init.hpp"
 #include "gecko/layers/nffn/reference.hpp"
 #include "gecko/testing/golden.hpp"
+#include "gemm_context.hpp"
 #include "test_util.hpp"
 
 using namespace gecko;
@@ -29,8 +30,7 @@ template <class T>
 Result run_gpu(const GeckoConfig& c, const ParameterSet& params, const std::string& prefix,
                const std::vector<double>& x, const std::vector<double>& dout, I64 B, I64 L) {
   const I64 D = c.model_dim;
-  linear::cuda::Context ctx;
-  REQUIRE(ctx.init().ok());
+  linear::cuda::Context& ctx = test::gemm_context();
   layers::cuda::DeviceParameters<T> P;
   REQUIRE(P.upload(params).ok());
   layers::cuda::DeviceGradients G;
@@ -154,8 +154,7 @@ TEST_CASE("gpu feed-forward rejects bad calls") {
   c.ffn_hidden_dim = 96;
   auto params = nffn::make_parameters(c);
   init_parameters(params, 3);
-  linear::cuda::Context ctx;
-  REQUIRE(ctx.init().ok());
+  linear::cuda::Context& ctx = test::gemm_context();
   layers::cuda::DeviceParameters<float> P;
   REQUIRE(P.upload(params).ok());
   DeviceBuffer<float> x(2 * 5 * 64);

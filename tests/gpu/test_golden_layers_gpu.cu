@@ -13,6 +13,7 @@
 #include "gecko/core/buffer.hpp"
 #include "gecko/layers/cuda/block.cuh"
 #include "gecko/layers/cuda/stream.cuh"
+#include "gemm_context.hpp"
 #include "test_util.hpp"
 
 using namespace gecko;
@@ -56,8 +57,7 @@ void check_training_case(const char* name) {
   const I64 B = gc.meta_int("B"), L = gc.meta_int("L"), D = c.model_dim;
   const auto to_f = [](const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); };
 
-  linear::cuda::Context ctx;
-  REQUIRE(ctx.init().ok());
+  linear::cuda::Context& ctx = test::gemm_context();
   layers::cuda::DeviceParameters<float> P;
   REQUIRE(P.upload(params).ok());
   layers::cuda::DeviceGradients G;
@@ -114,8 +114,7 @@ TEST_CASE("gpu MEGA stream reproduces the golden mega_decode case in fp32") {
   const I64 B = gc.meta_int("B"), prefix = gc.meta_int("prefix"), steps = gc.meta_int("steps");
   const I64 L = prefix + steps, D = c.model_dim;
   const auto x = gc.get<double>("x");
-  linear::cuda::Context ctx;
-  REQUIRE(ctx.init().ok());
+  linear::cuda::Context& ctx = test::gemm_context();
   layers::cuda::DeviceParameters<float> P;
   REQUIRE(P.upload(as_block_parameters(mega_params)).ok());
   layers::cuda::BlockStream<float> s;
