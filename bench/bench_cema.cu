@@ -10,9 +10,10 @@
 namespace gecko::bench {
 namespace {
 
-// kForwardTiles: the forward on the tile kernels (cema::cuda::ForwardPath::kTiles), the path every
-// forward took before the chunked tensor-core kernel, measured in the same run for comparison.
-enum class Pass { kForward, kForwardTiles, kBackward, kForwardBackward };
+// kForwardTiles / kBackwardTiles: the forward / backward on the tile kernels (ForwardPath::kTiles,
+// BackwardPath::kTiles), the paths every call took before the chunked tensor-core kernels,
+// measured in the same run for comparison.
+enum class Pass { kForward, kForwardTiles, kBackward, kBackwardTiles, kForwardBackward };
 
 void BM_cema(benchmark::State& state, Pass pass) {
   using T = __nv_bfloat16;
@@ -62,19 +63,21 @@ void BM_cema(benchmark::State& state, Pass pass) {
   gb.dtheta = dth.view({D});
   gb.dgamma = dg.view({D, N, 2});
   const auto path = pass == Pass::kForwardTiles ? cema::cuda::ForwardPath::kTiles : cema::cuda::ForwardPath::kAuto;
+  const auto bpath =
+      pass == Pass::kBackwardTiles ? cema::cuda::BackwardPath::kTiles : cema::cuda::BackwardPath::kAuto;
   std::size_t fb = 0, bb = 0;
   throw_if_error(cema::cuda::forward_workspace_size(f, saved, fb, path));
-  throw_if_error(cema::cuda::backward_workspace_size(gb, bb));
+  throw_if_error(cema::cuda::backward_workspace_size(gb, bb, bpath));
   DeviceBuffer<char> ws(std::max(fb, bb));
   auto fwd = [&] { throw_if_error(cema::cuda::forward(f, saved, ws.data(), fb, nullptr, path)); };
-  auto bwd = [&] { throw_if_error(cema::cuda::backward(gb, saved, ws.data(), bb, nullptr)); };
+  auto bwd = [&] { throw_if_error(cema::cuda::backward(gb, saved, ws.data(), bb, nullptr, bpath)); };
   fwd();
   double bytes = 0;
   std::function<void(int)> launch;
   if (pass == Pass::kForward || pass == Pass::kForwardTiles) {
     bytes = 2 * tensor_bytes;
     launch = [&](int) { fwd(); };
-  } else if (pass == Pass::kBackward) {
+  } else if (pass == Pass::kBackward || pass == Pass::kBackwardTiles) {
     bytes = 3 * tensor_bytes;
     launch = [&](int) { bwd(); };
   } else {
@@ -96,6 +99,8 @@ BENCHMARK_CAPTURE(BM_cema, fwd_bf16, Pass::kForward)
 BENCHMARK_CAPTURE(BM_cema, fwd_tiles_bf16, Pass::kForwardTiles)
     ->Arg(4096)->Arg(16384)->Arg(65536)->ArgName("L")->UseManualTime()->Iterations(30)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(BM_cema, bwd_bf16, Pass::kBackward)
+    ->Arg(4096)->Arg(16384)->Arg(65536)->ArgName("L")->UseManualTime()->Iterations(30)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_cema, bwd_tiles_bf16, Pass::kBackwardTiles)
     ->Arg(4096)->Arg(16384)->Arg(65536)->ArgName("L")->UseManualTime()->Iterations(30)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(BM_cema, fwd_bwd_bf16, Pass::kForwardBackward)
     ->Arg(4096)->Arg(16384)->Arg(65536)->ArgName("L")->UseManualTime()->Iterations(30)->Unit(benchmark::kMicrosecond);

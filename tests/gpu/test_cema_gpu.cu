@@ -33,7 +33,8 @@ struct Case {
 // Worst errors seen per quantity and dtype, printed once per suite.
 struct Worst {
   double y = 0, h_out = 0, dx = 0, dalpha = 0, ddelta = 0, dtheta = 0, dgamma = 0, dh0 = 0;
-  int chunked = 0;  // cases whose forward took the chunked tensor-core kernel (kernel_chunked.cuh)
+  int chunked = 0;      // cases whose forward took the chunked tensor-core kernel (kernel_chunked.cuh)
+  int chunked_bwd = 0;  // ... whose backward took kernel_chunked_backward.cuh
 };
 
 std::vector<std::uint8_t> random_mask(std::size_t n, double rate, std::uint64_t seed) {
@@ -206,6 +207,11 @@ void run_case(const Case& c, std::uint64_t seed, Worst& worst) {
   g.dtheta = dt_d.view({D});
   g.dgamma = dg_d.view({D, N, 2});
   g.dh0 = dh0_d.view({B, D, N, 2});
+  {
+    cema::Problem pr;
+    REQUIRE(cema::validate(g, Memory::kDevice, pr).ok());
+    if (cema::cuda::detail::chunked_eligible(g, pr)) ++worst.chunked_bwd;
+  }
   std::size_t bbytes = 0;
   REQUIRE(cema::cuda::backward_workspace_size(g, bbytes).ok());
   DeviceBuffer<char> bws(bbytes);
@@ -274,7 +280,7 @@ void run_suite() {
       {1, 700, 64, 16, 0.002, true, false, true, false, 0, -4.5, -3.0},  // long memory (|q| ~ 0.999)
   };
   for (const auto& c : cases) run_case<T>(c, seed += 17, worst);
-  MESSAGE(std::string(test::type_label<T>()) << " worst rel_fro: y " << worst.y << ", h_out " << worst.h_out << ", dx " << worst.dx
+  MESSAGE(std::string(test::type_label<T>()) << " (" << worst.chunked_bwd << " chunked backwards) worst rel_fro: y " << worst.y << ", h_out " << worst.h_out << ", dx " << worst.dx
                                 << ", dalpha " << worst.dalpha << ", ddelta " << worst.ddelta << ", dtheta "
                                 << worst.dtheta << ", dgamma " << worst.dgamma << ", dh0 " << worst.dh0);
 }
@@ -285,9 +291,9 @@ TEST_CASE("gpu cema fp32 matches the CPU reference") { run_suite<float>(); }
 TEST_CASE("gpu cema bf16 matches the CPU reference") { run_suite<__nv_bfloat16>(); }
 TEST_CASE("gpu cema fp16 matches the CPU reference") { run_suite<__half>(); }
 
-// The chunked tensor-core forward (bf16, N <= 16): whole 256-token blocks on the tensor cores, blocks
-// with a BOS and the tail token by token, states saved every 128 tokens for the backward (which
-// the gradients check). Every case must take that path.
+// The chunked tensor-core forward and backward (bf16, N <= 16): whole 256-token blocks on the
+// tensor cores, blocks with a BOS and the tail token by token, states saved every 128 tokens for
+// the backward. Every case must take both chunked kernels.
 TEST_CASE("gpu cema bf16 chunked forward matches the CPU reference") {
   Worst worst;
   const Case cases[] = {
@@ -301,6 +307,7 @@ TEST_CASE("gpu cema bf16 chunked forward matches the CPU reference") {
   std::uint64_t seed = 900;
   for (const auto& c : cases) run_case<__nv_bfloat16>(c, seed += 13, worst);
   CHECK(worst.chunked == static_cast<int>(std::size(cases)));
+  CHECK(worst.chunked_bwd == static_cast<int>(std::size(cases)));
   MESSAGE("chunked bf16 worst rel_fro: y " << worst.y << ", h_out " << worst.h_out << ", dx " << worst.dx
                                            << ", dalpha " << worst.dalpha << ", dgamma " << worst.dgamma << ", dh0 "
                                            << worst.dh0);
@@ -355,6 +362,95 @@ TEST_CASE("gpu cema bf16 chunked forward agrees with the tile kernels") {
   CHECK(s_cmp.within(5e-5));
   MESSAGE("chunked vs tiles, B = 2, L = 16584, D = 256: y " << y_cmp.rel_fro << ", h_out " << h_cmp.rel_fro
                                                             << ", states " << s_cmp.rel_fro);
+}
+
+// The two GPU backwards on a longer sequence (no CPU reference at this size): the chunked kernel
+// against the tile kernels (BackwardPath::kTiles) from the same forward, with resets, carried
+// state and dh_out: dx, every parameter gradient and dh0.
+TEST_CASE("gpu cema bf16 chunked backward agrees with the tile kernels") {
+  using T = __nv_bfloat16;
+  const std::int64_t B = 2, L = 16384 + 200, D = 256, N = 16;
+  const std::size_t n = static_cast<std::size_t>(B * L * D), dn = static_cast<std::size_t>(D * N),
+                    sn = static_cast<std::size_t>(B * D * N * 2);
+  DeviceBuffer<T> x, y(n), dy, dx_c(n), dx_t(n);
+  x.upload(test::random_vector<T>(n, 41, -1, 1));
+  dy.upload(test::random_vector<T>(n, 42, -1, 1));
+  DeviceBuffer<float> a, dl, th, g, h0, dho, ho(sn), st(cema::cuda::time_tiles(L) * sn);
+  a.upload(test::random_vector<float>(dn, 43, -3, 2));
+  dl.upload(test::random_vector<float>(dn, 44, -3, 2));
+  th.upload(spec_theta(D, 45));
+  g.upload(test::random_vector<float>(2 * dn, 46, -0.3, 0.3));
+  h0.upload(test::random_vector<float>(sn, 47, -0.5, 0.5));
+  dho.upload(test::random_vector<float>(sn, 48, -1, 1));
+  DeviceBuffer<std::uint8_t> bos;
+  bos.upload(random_mask(static_cast<std::size_t>(B * L), 2e-4, 49));
+  cema::ForwardArgs<T> f;
+  f.add_residual = true;
+  f.x = x.view({B, L, D});
+  f.bos_mask = bos.view({B, L});
+  f.h0 = h0.view({B, D, N, 2});
+  f.alpha = a.view({D, N});
+  f.delta = dl.view({D, N});
+  f.theta = th.view({D});
+  f.gamma = g.view({D, N, 2});
+  f.y = y.view({B, L, D});
+  f.h_out = ho.view({B, D, N, 2});
+  const cema::cuda::Saved saved{st.view({cema::cuda::time_tiles(L), B, D, N, 2})};
+  {
+    std::size_t bytes = 0;
+    REQUIRE(cema::cuda::forward_workspace_size(f, saved, bytes).ok());
+    DeviceBuffer<char> ws(bytes);
+    REQUIRE(cema::cuda::forward(f, saved, ws.data(), bytes, nullptr).ok());
+  }
+  struct Grads {
+    DeviceBuffer<float> da, ddl, dt, dg, dh0;
+  };
+  Grads gc{DeviceBuffer<float>(dn), DeviceBuffer<float>(dn), DeviceBuffer<float>(D), DeviceBuffer<float>(2 * dn),
+           DeviceBuffer<float>(sn)};
+  Grads gt{DeviceBuffer<float>(dn), DeviceBuffer<float>(dn), DeviceBuffer<float>(D), DeviceBuffer<float>(2 * dn),
+           DeviceBuffer<float>(sn)};
+  auto run = [&](DeviceBuffer<T>& dx, Grads& gr, cema::cuda::BackwardPath path) {
+    cema::BackwardArgs<T> b;
+    b.add_residual = true;
+    b.x = f.x;
+    b.bos_mask = f.bos_mask;
+    b.h0 = f.h0;
+    b.alpha = f.alpha;
+    b.delta = f.delta;
+    b.theta = f.theta;
+    b.gamma = f.gamma;
+    b.dy = dy.view({B, L, D});
+    b.dh_out = dho.view({B, D, N, 2});
+    b.dx = dx.view({B, L, D});
+    b.dalpha = gr.da.view({D, N});
+    b.ddelta = gr.ddl.view({D, N});
+    b.dtheta = gr.dt.view({D});
+    b.dgamma = gr.dg.view({D, N, 2});
+    b.dh0 = gr.dh0.view({B, D, N, 2});
+    std::size_t bytes = 0;
+    REQUIRE(cema::cuda::backward_workspace_size(b, bytes, path).ok());
+    DeviceBuffer<char> ws(bytes);
+    const Status s = cema::cuda::backward(b, saved, ws.data(), bytes, nullptr, path);
+    REQUIRE_MESSAGE(s.ok(), s.to_string());
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  };
+  run(dx_c, gc, cema::cuda::BackwardPath::kAuto);
+  run(dx_t, gt, cema::cuda::BackwardPath::kTiles);
+  auto cmp = [](const auto& u, const auto& v) { return testing::compare(test::widen(u.download()), test::widen(v.download())); };
+  const auto dx_cmp = cmp(dx_c, dx_t), da = cmp(gc.da, gt.da), ddl = cmp(gc.ddl, gt.ddl), dt = cmp(gc.dt, gt.dt),
+             dg = cmp(gc.dg, gt.dg), dh0 = cmp(gc.dh0, gt.dh0);
+  INFO("dx: " << dx_cmp.to_string() << "; dalpha: " << da.to_string() << "; ddelta: " << ddl.to_string()
+              << "; dtheta: " << dt.to_string() << "; dgamma: " << dg.to_string() << "; dh0: " << dh0.to_string());
+  CHECK(dx_cmp.within(2e-3));
+  CHECK(da.within(5e-5));
+  CHECK(ddl.within(5e-5));
+  CHECK(dt.within(5e-5));
+  CHECK(dg.within(5e-5));
+  CHECK(dh0.within(5e-5));
+  MESSAGE("chunked vs tiles backward, B = 2, L = 16584, D = 256: dx " << dx_cmp.rel_fro << ", dalpha " << da.rel_fro
+                                                                     << ", ddelta " << ddl.rel_fro << ", dtheta "
+                                                                     << dt.rel_fro << ", dgamma " << dg.rel_fro
+                                                                     << ", dh0 " << dh0.rel_fro);
 }
 
 TEST_CASE("gpu cema streams 2^20 steps") {

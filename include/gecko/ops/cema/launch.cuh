@@ -28,6 +28,7 @@
 #include "gecko/ops/cema/args.hpp"
 #include "gecko/ops/cema/kernel.cuh"
 #include "gecko/ops/cema/kernel_chunked.cuh"
+#include "gecko/ops/cema/kernel_chunked_backward.cuh"
 #include "gecko/ops/cema/kernel_decode.cuh"
 
 namespace gecko::cema::cuda {
@@ -38,6 +39,8 @@ inline constexpr std::int64_t kMaxStates = 64;
 // Which kernels a forward may use. kAuto takes the chunked tensor-core kernel where it applies;
 // kTiles keeps the tile kernels (for comparisons: same results to ~1e-5, more time).
 enum class ForwardPath { kAuto, kTiles };
+// Which kernels a backward may use, likewise (kernel_chunked_backward.cuh or the tile kernels).
+enum class BackwardPath { kAuto, kTiles };
 
 // What the CUDA forward saves for the CUDA backward.
 struct Saved {
@@ -56,35 +59,51 @@ struct Plan {
   std::size_t smem_pass1 = 0;  // dynamic shared memory per CTA of the aggregate kernel
   std::size_t smem_pass2 = 0;  // ... of the output kernel
   std::size_t resets = 0, qg = 0, gp = 0, pw = 0, agg = 0, states = 0, enter0 = 0, partial = 0, slot = 0, total = 0;
-  bool chunked = false;                        // the forward runs kernel_chunked.cuh
-  // (the chunked forward's only workspace is its BOS bits, at offset 0)
+  bool chunked = false;  // the call runs kernel_chunked.cuh / kernel_chunked_backward.cuh (see chunked_plan)
 };
 
-// Whether a forward can run the chunked tensor-core kernel: bf16, N <= 16, whole 16-byte groups
-// of channels on every row (D % 8 == 0, aligned rows) and a grid row per batch row.
+// Whether a call can run the chunked tensor-core kernels: bf16, N <= 16, whole 16-byte groups of
+// channels on every row (D % 8 == 0, aligned rows of every activation) and a grid row per batch row.
 template <class T>
-bool chunked_eligible(const ForwardArgs<T>& a, const Problem& p) {
+bool chunked_eligible(const Problem& p, std::initializer_list<const void*> ptrs,
+                      std::initializer_list<std::int64_t> strides) {
   if constexpr (!std::is_same_v<T, __nv_bfloat16>) {
     return false;
   } else {
-    // (The kernel's token indices are int and run kStages + 1 blocks past the end.)
+    // (The kernels' token indices are int and run a few blocks past the end.)
     if (p.states > kernels::chunked::kMaxStates || p.channels % 8 != 0 || p.batch > 65535 ||
         p.length > INT_MAX - (kernels::chunked::kStages + 1) * kernels::chunked::kBlock)
       return false;
-    for (const void* q : {static_cast<const void*>(a.x.data), static_cast<const void*>(a.y.data)})
+    for (const void* q : ptrs)
       if (reinterpret_cast<std::uintptr_t>(q) % 16 != 0) return false;
-    for (std::int64_t st : {a.x.stride(0), a.x.stride(1), a.y.stride(0), a.y.stride(1)})
+    for (std::int64_t st : strides)
       if (st % 8 != 0) return false;
     return true;
   }
 }
 
-inline Plan chunked_plan(const Problem& p, bool bos) {
+template <class T>
+bool chunked_eligible(const ForwardArgs<T>& a, const Problem& p) {
+  return chunked_eligible<T>(p, {a.x.data, a.y.data}, {a.x.stride(0), a.x.stride(1), a.y.stride(0), a.y.stride(1)});
+}
+
+template <class T>
+bool chunked_eligible(const BackwardArgs<T>& a, const Problem& p) {
+  return chunked_eligible<T>(p, {a.x.data, a.dy.data, a.dx.data},
+                             {a.x.stride(0), a.x.stride(1), a.dy.stride(0), a.dy.stride(1), a.dx.stride(0),
+                              a.dx.stride(1)});
+}
+
+// The chunked kernels' workspace: the BOS bits (when there is a mask) at offset 0, then (backward
+// with parameter gradients) the [B, 5, D, N] per-row sums.
+inline Plan chunked_plan(const Problem& p, bool bos, bool slot = false) {
   namespace ck = kernels::chunked;
   Plan pl;
   pl.chunked = true;
   const std::size_t blocks = static_cast<std::size_t>((p.length + ck::kBlock - 1) / ck::kBlock);
-  pl.total = bos ? static_cast<std::size_t>(p.batch) * blocks * (ck::kBlock / 8) : 0;  // the BOS bits
+  const std::size_t bits = bos ? static_cast<std::size_t>(p.batch) * blocks * (ck::kBlock / 8) : 0;
+  pl.slot = align_up(bits, 256);
+  pl.total = slot ? pl.slot + 20 * static_cast<std::size_t>(p.batch * p.channels * p.states) : bits;
   return pl;
 }
 
@@ -187,7 +206,9 @@ bool wants_parameter_gradients(const BackwardArgs<T>& a) {
 }
 
 template <class T>
-Plan backward_plan(const BackwardArgs<T>& a, const Problem& p) {
+Plan backward_plan(const BackwardArgs<T>& a, const Problem& p, BackwardPath path) {
+  if (path == BackwardPath::kAuto && chunked_eligible(a, p))
+    return chunked_plan(p, !a.bos_mask.empty(), wants_parameter_gradients(a));
   return make_plan<T>(p, true, true, wants_parameter_gradients(a), {a.x.data, a.dy.data, a.dx.data},
                       {a.x.stride(0), a.x.stride(1), a.dy.stride(0), a.dy.stride(1), a.dx.stride(0), a.dx.stride(1)});
 }
@@ -265,6 +286,19 @@ kernels::CallParams call_params(const ForwardArgs<T>& a, const Problem& p) {
   return c;
 }
 
+// The BOS mask as bits for the chunked kernels (none when there is no mask).
+inline Status launch_bos_bits(const std::uint8_t* bos, const Problem& p, char* ws, const std::uint32_t*& bits,
+                              cudaStream_t stream) {
+  namespace ck = kernels::chunked;
+  bits = nullptr;
+  if (!bos) return Status::success();
+  auto* out = reinterpret_cast<std::uint32_t*>(ws);
+  const dim3 grid(static_cast<unsigned>((p.length + ck::kBlock - 1) / ck::kBlock), static_cast<unsigned>(p.batch));
+  ck::bits_kernel<><<<grid, ck::kBlock, 0, stream>>>(bos, static_cast<int>(p.length), out);
+  bits = out;
+  return last_launch_status("cema chunked BOS bits");
+}
+
 // The chunked forward: the BOS bits (when there is a mask), then the kernel (grid: 16-channel
 // slabs x batch rows).
 template <class T>
@@ -277,18 +311,57 @@ Status launch_chunked(const ForwardArgs<T>& a, const Problem& p, const Saved& sa
     ck::Params kp;
     static_cast<kernels::CallParams&>(kp) = call_params(a, p);
     kp.states = saved.states.empty() ? nullptr : reinterpret_cast<float2*>(saved.states.data);
-    if (!a.bos_mask.empty()) {
-      auto* bits = reinterpret_cast<std::uint32_t*>(ws);
-      const dim3 bgrid(static_cast<unsigned>((p.length + ck::kBlock - 1) / ck::kBlock), static_cast<unsigned>(p.batch));
-      ck::bits_kernel<><<<bgrid, ck::kBlock, 0, stream>>>(a.bos_mask.data, kp.L, bits);
-      GECKO_RETURN_IF_ERROR(last_launch_status("cema chunked BOS bits"));
-      kp.bos_bits = bits;
-    }
+    GECKO_RETURN_IF_ERROR(launch_bos_bits(a.bos_mask.data, p, ws, kp.bos_bits, stream));
     const auto k = ck::forward_kernel<>;
     GECKO_RETURN_IF_ERROR(allow_dynamic_smem(k, ck::kSmemBytes));
     const dim3 grid(static_cast<unsigned>((p.channels + ck::kWarps - 1) / ck::kWarps), static_cast<unsigned>(p.batch));
     k<<<grid, ck::kThreads, ck::kSmemBytes, stream>>>(kp, a.x.data, a.y.data);
     return last_launch_status("cema forward (chunked)");
+  }
+}
+
+// The chunked backward: the BOS bits, the kernel (grid: 16-channel slabs x batch rows), then the
+// per-row sums through the chain rule.
+template <class T>
+Status launch_chunked_backward(const BackwardArgs<T>& a, const Problem& p, const Saved& saved, char* ws,
+                               const Plan& pl, cudaStream_t stream) {
+  namespace ck = kernels::chunked;
+  if constexpr (!std::is_same_v<T, __nv_bfloat16>) {
+    return unsupported("cema: the chunked backward takes bfloat16");  // not reached: see chunked_eligible
+  } else {
+    ck::BackwardParams kp;
+    kp.B = static_cast<int>(p.batch);
+    kp.L = static_cast<int>(p.length);
+    kp.D = static_cast<int>(p.channels);
+    kp.N = static_cast<int>(p.states);
+    kp.alpha = a.alpha.data;
+    kp.delta = a.delta.data;
+    kp.theta = a.theta.data;
+    kp.gamma = a.gamma.data;
+    kp.x_sb = a.x.stride(0);
+    kp.x_sl = a.x.stride(1);
+    kp.dy_sb = a.dy.stride(0);
+    kp.dy_sl = a.dy.stride(1);
+    kp.dx_sb = a.dx.stride(0);
+    kp.dx_sl = a.dx.stride(1);
+    kp.add_residual = a.add_residual;
+    kp.h0 = reinterpret_cast<const float2*>(a.h0.data);
+    kp.states = reinterpret_cast<const float2*>(saved.states.data);
+    kp.dh_out = reinterpret_cast<const float2*>(a.dh_out.data);
+    kp.dh0 = reinterpret_cast<float2*>(a.dh0.data);
+    const bool grads = wants_parameter_gradients(a);
+    kp.slot = grads ? reinterpret_cast<float*>(ws + pl.slot) : nullptr;
+    GECKO_RETURN_IF_ERROR(launch_bos_bits(a.bos_mask.data, p, ws, kp.bos_bits, stream));
+    const auto k = ck::backward_kernel<>;
+    GECKO_RETURN_IF_ERROR(allow_dynamic_smem(k, ck::kSmemBytesB));
+    const dim3 grid(static_cast<unsigned>((p.channels + ck::kWarps - 1) / ck::kWarps), static_cast<unsigned>(p.batch));
+    k<<<grid, ck::kThreads, ck::kSmemBytesB, stream>>>(kp, a.x.data, a.dy.data, a.dx.data);
+    GECKO_RETURN_IF_ERROR(last_launch_status("cema backward (chunked)"));
+    if (!grads) return Status::success();
+    kernels::parameter_gradient_kernel<><<<static_cast<unsigned>((p.channels + 127) / 128), 128, 0, stream>>>(
+        kp.slot, static_cast<int>(p.batch), static_cast<int>(p.channels), static_cast<int>(p.states), a.alpha.data,
+        a.delta.data, a.theta.data, a.dalpha.data, a.ddelta.data, a.dtheta.data, a.dgamma.data);
+    return last_launch_status("cema parameter gradients");
   }
 }
 
@@ -382,10 +455,11 @@ Status forward(const ForwardArgs<T>& a, void* workspace, std::size_t workspace_b
 }
 
 template <class T>
-Status backward_workspace_size(const BackwardArgs<T>& a, std::size_t& bytes) {
+Status backward_workspace_size(const BackwardArgs<T>& a, std::size_t& bytes,
+                               BackwardPath path = BackwardPath::kAuto) {
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
-  bytes = detail::backward_plan(a, p).total;
+  bytes = detail::backward_plan(a, p, path).total;
   return Status::success();
 }
 
@@ -393,7 +467,7 @@ Status backward_workspace_size(const BackwardArgs<T>& a, std::size_t& bytes) {
 // arithmetic of pass 2). dh0 may alias dh_out.
 template <class T>
 Status backward(const BackwardArgs<T>& a, const Saved& saved, void* workspace, std::size_t workspace_bytes,
-                cudaStream_t stream) {
+                cudaStream_t stream, BackwardPath path = BackwardPath::kAuto) {
   static_assert(!std::is_same_v<T, double>, "the CUDA complex EMA takes float, half or bfloat16");
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
@@ -405,8 +479,8 @@ Status backward(const BackwardArgs<T>& a, const Saved& saved, void* workspace, s
   if (!a.dh_out.empty() && !a.dh0.empty() && a.dh_out.data != a.dh0.data &&
       detail::overlaps(a.dh_out.data, sb, a.dh0.data, sb))
     return invalid_argument("dh0 partially overlaps dh_out: pass the same buffer or disjoint ones");
-  const auto pl = detail::backward_plan(a, p);
-  if (workspace_bytes < pl.total || !workspace)
+  const auto pl = detail::backward_plan(a, p, path);
+  if (workspace_bytes < pl.total || (!workspace && pl.total > 0))
     return invalid_argument("cema backward needs " + std::to_string(pl.total) + " bytes of workspace, got " +
                             std::to_string(workspace_bytes));
   const bool grads = detail::wants_parameter_gradients(a);
@@ -427,6 +501,7 @@ Status backward(const BackwardArgs<T>& a, const Saved& saved, void* workspace, s
     return Status::success();
   }
   char* ws = static_cast<char*>(workspace);
+  if (pl.chunked) return detail::launch_chunked_backward(a, p, saved, ws, pl, stream);
   kernels::BackwardParams kp{};
   kp.tl = pl.tl;
   kp.x_sb = a.x.stride(0);
