@@ -11,9 +11,10 @@
 // the state entering each tile, so that it runs entirely in reverse time without recomputing any
 // state. See kernel.cuh for the algorithm. Workspace needs no initialisation. A forward of at most
 // kernels::kDecodeTokens tokens with N a power of two <= 32 (decoding) runs as one kernel instead
-// (kernel_decode.cuh), with the same results and the same Saved state. A bf16 forward with N <= 16,
-// D a multiple of 8 and 16-byte aligned rows runs the chunked tensor-core kernel
-// (kernel_chunked.cuh): the same Saved states, results within ~1e-5 of the tile kernels'.
+// (kernel_decode.cuh), with the same results and the same Saved state. A bf16 forward or backward
+// with N <= 16, D a multiple of 8 and 16-byte aligned rows runs the chunked tensor-core kernel
+// (kernel_chunked.cuh, kernel_chunked_backward.cuh): the same Saved states, results within ~1e-5 of
+// the tile kernels' (ForwardPath / BackwardPath::kTiles select those).
 #pragma once
 
 #include <algorithm>
