@@ -30,7 +30,10 @@ void fill(DeviceBuffer<__nv_bfloat16>& b, std::size_t n, std::uint32_t seed, flo
   b.upload(h);
 }
 
-void BM_working_memory(benchmark::State& state, Pass pass, bool cublaslt, bool saved_front = false) {
+// graph: the call is captured once into a CUDA graph and the replay is timed (no host launch or
+// argument-checking time between the kernels; what a graph-captured training step sees).
+void BM_working_memory(benchmark::State& state, Pass pass, bool cublaslt, bool saved_front = false,
+                       bool graph = false) {
   using T = __nv_bfloat16;
   add_device_context();
   const std::int64_t B = 1, H = 4, dk = 256, dv = 2048, C = 2048, L = state.range(0);
@@ -83,17 +86,39 @@ void BM_working_memory(benchmark::State& state, Pass pass, bool cublaslt, bool s
 
   const double unit = 2.0 * B * H * (L / C) * static_cast<double>(C) * dk * dv;
   const double units = pass == Pass::kForward ? 3 : pass == Pass::kBackward ? 6 : 9;
+  cudaStream_t stream = nullptr;
+  if (graph) check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  auto call = [&] {
+    if (pass != Pass::kBackward)
+      throw_if_error(ctx ? working_memory::cuda::forward(*ctx, f, ws.data(), ws.size(), stream, sv)
+                         : working_memory::cuda::forward(f, ws.data(), ws.size(), stream, sv));
+    if (pass != Pass::kForward)
+      throw_if_error(ctx ? working_memory::cuda::backward(*ctx, g, ws.data(), ws.size(), stream, sv)
+                         : working_memory::cuda::backward(g, ws.data(), ws.size(), stream, sv));
+  };
+  cudaGraphExec_t exec = nullptr;
+  if (graph) {
+    call();  // creates the cuBLASLt plans outside the capture
+    check_cuda(cudaStreamSynchronize(stream), "warm-up");
+    cudaGraph_t cg = nullptr;
+    check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+    call();
+    check_cuda(cudaStreamEndCapture(stream, &cg), "cudaStreamEndCapture");
+    check_cuda(cudaGraphInstantiate(&exec, cg, 0), "cudaGraphInstantiate");
+    check_cuda(cudaGraphDestroy(cg), "cudaGraphDestroy");
+  }
   run_timed(
       state,
       [&](int) {
-        if (pass != Pass::kBackward)
-          throw_if_error(ctx ? working_memory::cuda::forward(*ctx, f, ws.data(), ws.size(), nullptr, sv)
-                             : working_memory::cuda::forward(f, ws.data(), ws.size(), nullptr, sv));
-        if (pass != Pass::kForward)
-          throw_if_error(ctx ? working_memory::cuda::backward(*ctx, g, ws.data(), ws.size(), nullptr, sv)
-                             : working_memory::cuda::backward(g, ws.data(), ws.size(), nullptr, sv));
+        if (graph) check_cuda(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+        else call();
       },
-      1, {0, units * unit});
+      1, {0, units * unit}, stream);
+  if (graph) {
+    check_cuda(cudaStreamSynchronize(stream), "graph");
+    check_cuda(cudaGraphExecDestroy(exec), "cudaGraphExecDestroy");
+    check_cuda(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  }
   if (L == 16384 && pass != Pass::kBackward) {
     const double authors = pass == Pass::kForward ? 2.09 : 14.47;
     state.counters["authors_ms"] = authors;
@@ -209,6 +234,7 @@ const bool registered = [] {
     Pass pass;
     bool cublaslt;
     bool saved = false;
+    bool graph = false;
   };
   const Row rows[] = {
       {"working_memory/fwd_bf16", Pass::kForward, false},
@@ -219,9 +245,11 @@ const bool registered = [] {
       {"working_memory/fwd_bwd_bf16_cublaslt", Pass::kBoth, true},
       {"working_memory/fwd_bf16_cublaslt_saved", Pass::kForward, true, true},
       {"working_memory/fwd_bwd_bf16_cublaslt_saved", Pass::kBoth, true, true},
+      {"working_memory/fwd_bf16_cublaslt_saved_graph", Pass::kForward, true, true, true},
+      {"working_memory/fwd_bwd_bf16_cublaslt_saved_graph", Pass::kBoth, true, true, true},
   };
   for (const Row& r : rows) {
-    benchmark::RegisterBenchmark(r.name, &BM_working_memory, r.pass, r.cublaslt, r.saved)
+    benchmark::RegisterBenchmark(r.name, &BM_working_memory, r.pass, r.cublaslt, r.saved, r.graph)
         ->Arg(4096)
         ->Arg(16384)
         ->Arg(65536)

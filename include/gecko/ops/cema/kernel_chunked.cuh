@@ -16,8 +16,9 @@
 // but lo x lo kept, so the products carry ~16 mantissa bits and accumulate in fp32: results agree
 // with the fp32 recurrence to ~1e-5 (not bitwise: a different summation order).
 //
-// Measured (H100, B = 1, L = 16384, D = 4096, N = 16): 0.28 ms against 0.81 ms for the tile kernels
-// in the same process. The loop is latency-bound, not DRAM-bound (~0.33 of copy bandwidth): 16
+// Measured (H100, B = 1, L = 16384, D = 4096, N = 16): 0.26 ms against 0.81 ms for the tile kernels
+// in the same process (0.27 ms with one block per stage; four blocks per stage with a 3-deep ring,
+// or two with a 6-deep one, measured 0.27 ms). The loop is latency-bound, not DRAM-bound (~0.33 of copy bandwidth): 16
 // warps per SM issue 0.46 instructions per cycle and scheduler, each warp's block a dependent chain
 // of shared-memory round trips, the 16-step scan and mma accumulations (Nsight Compute stalls per
 // instruction: wait 1.7, short scoreboard 1.2, MIO throttle 1.0, barrier 0.5).
@@ -25,11 +26,11 @@
 // Layout. A CTA owns 16 channels (one warp each) of one batch row and walks the whole sequence,
 // carrying the state in registers of the warp's first 16 lanes. (128 registers a thread allow one
 // such CTA per SM; 8-channel CTAs, two per SM, measured slower on an H100, 0.37 against 0.28 ms at
-// the 7B shape: their 16-byte row pieces raised DRAM reads by 42%.) 256-token blocks arrive through a
-// cp.async ring kStages blocks deep (one 16-byte copy per thread and block) and are stored
-// transposed, channel-major, into one of two buffers, so a lane's A fragment is four 32-bit shared
-// loads; y overwrites x there and leaves as 16-byte stores while the next block is transposed into
-// the other buffer (two CTA barriers per block). Blocks holding a BOS, and the sequence's last partial block, run the
+// the 7B shape: their 16-byte row pieces raised DRAM reads by 42%.) Stages of kPair 256-token
+// blocks arrive through a cp.async ring kStages stages deep (one 16-byte copy per thread and block)
+// and are stored transposed, channel-major, into one of two buffers, so a lane's A fragment is
+// four 32-bit shared loads; y overwrites x there and leaves as 16-byte stores while the next stage
+// is transposed into the other buffer (two CTA barriers per stage). Blocks holding a BOS, and the sequence's last partial block, run the
 // recurrence token by token in the same 16 lanes instead (about 10x the instructions, exact
 // resets). The state after every kTileTokens tokens goes to Saved::states for the backward. Each
 // warp forms its channel's coefficient matrices from the raw parameters while its CTA's first
@@ -53,9 +54,12 @@ inline constexpr int kWarps = 16;             // channels per CTA, one warp each
 inline constexpr int kThreads = 32 * kWarps;  // one thread per (token, 8-channel half) of a block
 inline constexpr int kMaxStates = 16;
 inline constexpr int kFragWords = 40;        // B-fragment registers per lane and channel: E 16, F 16, K 8
-inline constexpr int kXStride = kBlock + 4;  // bf16 per channel row of the transposed block
+inline constexpr int kPair = 2;              // blocks per stage: staged, and computed, between two barriers
+inline constexpr int kXStride = kPair * kBlock + 4;  // bf16 per channel row of the transposed stage
 inline constexpr int kScanStride = 20;       // float2 per row of a warp's scan scratch (2-way banks)
-inline constexpr int kStages = 4;            // blocks in flight: cp.async ring of raw [token][16 channels]
+inline constexpr int kStages = 4;            // stages in flight: cp.async ring of raw [token][16 channels]
+// How far past the sequence's end the kernel's int token indices run (the ring's prefetch).
+inline constexpr int kTokensPastEnd = (kStages + 1) * kPair * kBlock;
 static_assert(kBlock == 2 * kTileTokens, "states are saved every kTileTokens tokens: after rows 8 and 16");
 static_assert(kThreads == 2 * kBlock, "the staging maps a thread to one token and 8 channels");
 
@@ -68,10 +72,10 @@ struct ChannelScratch {
 
 // The forward kernel's dynamic shared memory.
 struct Shared {
-  uint4 ring[kStages][kThreads];                  // raw blocks in flight: [token][16 channels] each
-  uint4 bit_ring[kStages][2];                     // their BOS bits (256 a block)
-  uint4 bit_cur[2][2];                            // the bits of the blocks in xs
-  __nv_bfloat16 xs[2][kWarps][kXStride];          // two transposed blocks, a row per channel
+  uint4 ring[kStages][kPair][kThreads];           // raw stages in flight: [token][16 channels] per block
+  uint4 bit_ring[kStages][kPair][2];              // their BOS bits (256 a block)
+  uint4 bit_cur[2][kPair][2];                     // the bits of the stages in xs
+  __nv_bfloat16 xs[2][kWarps][kXStride];          // two transposed stages, a row per channel
   float2 scan[kWarps][kRows][kScanStride];        // each warp's scan scratch
   ChannelScratch scratch[kWarps];                 // each warp's constants, in the prologue
 };
@@ -287,10 +291,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     forward_kernel(Params p, const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y) {
   extern __shared__ __align__(16) unsigned char smem[];
   Shared& sh = *reinterpret_cast<Shared*>(smem);
-  uint4* ring = &sh.ring[0][0];
-  uint4* bit_ring = &sh.bit_ring[0][0];
-  uint4* bit_cur = &sh.bit_cur[0][0];
-  __nv_bfloat16* xs = &sh.xs[0][0][0];
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   Warp w;
   w.lane = static_cast<int>(threadIdx.x) & 31;
@@ -303,56 +303,68 @@ __global__ void __launch_bounds__(kThreads, 1)
   std::uint32_t fr[kFragWords];
   float4 cq = make_float4(0.f, 0.f, 0.f, 0.f), cp = cq;
 
-  // Staging: thread -> token tok of a block, channels c0 + 8 half .. + 7 (D % 8 == 0), one 16-byte
-  // cp.async per block into a ring of kStages blocks (kStages - 1 in flight while one is used);
-  // threads 0 and 1 also copy the block's 32 bytes of BOS bits.
+  // Staging: a stage is kPair blocks; thread -> token tok of each block, channels c0 + 8 half ..
+  // + 7 (D % 8 == 0), one 16-byte cp.async per block into a ring of kStages stages (kStages - 1
+  // in flight while one is used); threads 0-3 also copy the blocks' 32 bytes of BOS bits each.
   const int tok = static_cast<int>(threadIdx.x) >> 1, half = static_cast<int>(threadIdx.x) & 1;
   const bool half_ok = c0 + 8 * half < p.D;
-  const int blocks = (p.L + kBlock - 1) / kBlock;
-  auto issue = [&](int bi) {
-    const int slot = bi % kStages;
-    uint4* dst = ring + slot * kThreads + threadIdx.x;
-    const int t = bi * kBlock + tok;
-    if (bi < blocks && t < p.L && half_ok) {
-      cp_async_16(dst, x + b * p.x_sb + static_cast<long long>(t) * p.x_sl + c0 + 8 * half);
-    } else {
-      *dst = make_uint4(0u, 0u, 0u, 0u);
+  const int blocks = (p.L + kBlock - 1) / kBlock, stages = (blocks + kPair - 1) / kPair;
+  auto issue = [&](int si) {
+    const int slot = si % kStages;
+#pragma unroll
+    for (int part = 0; part < kPair; ++part) {
+      const int bi = si * kPair + part;
+      uint4* dst = &sh.ring[slot][part][threadIdx.x];
+      const int t = bi * kBlock + tok;
+      if (bi < blocks && t < p.L && half_ok) {
+        cp_async_16(dst, x + b * p.x_sb + static_cast<long long>(t) * p.x_sl + c0 + 8 * half);
+      } else {
+        *dst = make_uint4(0u, 0u, 0u, 0u);
+      }
     }
-    if (threadIdx.x < 2) {
-      uint4* bd = bit_ring + slot * 2 + threadIdx.x;
+    if (threadIdx.x < 2 * kPair) {
+      const int part = threadIdx.x >> 1, word = threadIdx.x & 1, bi = si * kPair + part;
+      uint4* bd = &sh.bit_ring[slot][part][word];
       if (p.bos_bits && bi < blocks) {
-        cp_async_16(bd, p.bos_bits + (static_cast<long long>(b) * blocks + bi) * (kBlock / 32) + 4 * threadIdx.x);
+        cp_async_16(bd, p.bos_bits + (static_cast<long long>(b) * blocks + bi) * (kBlock / 32) + 4 * word);
       } else {
         *bd = make_uint4(0u, 0u, 0u, 0u);
       }
     }
     cp_async_commit();
   };
-  // The block in xs[bi & 1]: each thread moves its own ring element (so refilling it needs no
-  // barrier, only program order) and threads 0 and 1 their half of the bits.
-  auto transpose = [&](int bi) {
-    const int slot = bi % kStages;
-    const uint4 v4 = ring[slot * kThreads + threadIdx.x];
-    const auto* v = reinterpret_cast<const __nv_bfloat16*>(&v4);
-    __nv_bfloat16* dst = xs + (bi & 1) * kWarps * kXStride;
+  // The stage in xs[si & 1]: each thread moves its own ring elements (so refilling them needs no
+  // barrier, only program order) and threads 0-3 the bits.
+  auto transpose = [&](int si) {
+    const int slot = si % kStages;
+    __nv_bfloat16* dst = &sh.xs[si & 1][0][0];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) dst[(8 * half + e) * kXStride + tok] = v[e];
-    if (threadIdx.x < 2) bit_cur[(bi & 1) * 2 + threadIdx.x] = bit_ring[slot * 2 + threadIdx.x];
+    for (int part = 0; part < kPair; ++part) {
+      const uint4 v4 = sh.ring[slot][part][threadIdx.x];
+      const auto* v = reinterpret_cast<const __nv_bfloat16*>(&v4);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dst[(8 * half + e) * kXStride + part * kBlock + tok] = v[e];
+    }
+    if (threadIdx.x < 2 * kPair)
+      sh.bit_cur[si & 1][threadIdx.x >> 1][threadIdx.x & 1] = sh.bit_ring[slot][threadIdx.x >> 1][threadIdx.x & 1];
   };
-  auto write_out = [&](int bi) {
-    const int t0 = bi * kBlock, lt = min(kBlock, p.L - t0);
-    if (tok < lt && half_ok) {
-      const __nv_bfloat16* src = xs + (bi & 1) * kWarps * kXStride;
-      uint4 out;
-      auto* o = reinterpret_cast<__nv_bfloat16*>(&out);
+  auto write_out = [&](int si) {
+    const __nv_bfloat16* src = &sh.xs[si & 1][0][0];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) o[e] = src[(8 * half + e) * kXStride + tok];
-      *reinterpret_cast<uint4*>(y + b * p.y_sb + static_cast<long long>(t0 + tok) * p.y_sl + c0 + 8 * half) = out;
+    for (int part = 0; part < kPair; ++part) {
+      const int t0 = (si * kPair + part) * kBlock;
+      if (tok < p.L - t0 && half_ok) {
+        uint4 out;
+        auto* o = reinterpret_cast<__nv_bfloat16*>(&out);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) o[e] = src[(8 * half + e) * kXStride + part * kBlock + tok];
+        *reinterpret_cast<uint4*>(y + b * p.y_sb + static_cast<long long>(t0 + tok) * p.y_sl + c0 + 8 * half) = out;
+      }
     }
   };
 #pragma unroll 1
-  for (int bi = 0; bi < kStages; ++bi) issue(bi);
-  // The channel's constants while the first blocks are in flight.
+  for (int si = 0; si < kStages; ++si) issue(si);
+  // The channel's constants while the first stages are in flight.
   if (active) {
     channel_constants(p, d, w.lane, sh.scratch[warp], fr, cq, cp);
   } else {
@@ -371,29 +383,36 @@ __global__ void __launch_bounds__(kThreads, 1)
   transpose(0);
   issue(kStages);
   __syncthreads();
-  // Per block: compute | barrier | write-out of this block, transpose of the next, refill | barrier.
+  // Per stage: compute its blocks | barrier | write-out of this stage, transpose of the next,
+  // refill | barrier.
 #pragma unroll 1
-  for (int blk = 0; blk < blocks; ++blk) {
-    const int t0 = blk * kBlock, lt = min(kBlock, p.L - t0);
-    w.xe = xs + (blk & 1) * kWarps * kXStride + warp * kXStride;
-    w.xw = reinterpret_cast<std::uint32_t*>(w.xe);
-    const auto* bits = reinterpret_cast<const std::uint32_t*>(bit_cur + (blk & 1) * 2);
-    const uint4 b0 = bit_cur[(blk & 1) * 2], b1 = bit_cur[(blk & 1) * 2 + 1];
-    const bool any_bos = ((b0.x | b0.y | b0.z | b0.w) | (b1.x | b1.y | b1.z | b1.w)) != 0u;
+  for (int si = 0; si < stages; ++si) {
     if (active) {
-      if (!any_bos && lt == kBlock) {
-        const int tt = t0 / kTileTokens;
-        h = block_products(w, fr, Q, h, p.add_residual, states ? states + tt * tile_stride : nullptr,
-                           states ? states + (tt + 1) * tile_stride : nullptr);
-      } else {
-        h = block_steps(w, bits, lt, cq, cp.x, h, p.add_residual, t0, p.L, states, tile_stride);
+#pragma unroll
+      for (int part = 0; part < kPair; ++part) {
+        const int blk = si * kPair + part, t0 = blk * kBlock, lt = min(kBlock, p.L - t0);
+        if (lt > 0) {
+          w.xe = &sh.xs[si & 1][warp][part * kBlock];
+          w.xw = reinterpret_cast<std::uint32_t*>(w.xe);
+          const uint4* bc = &sh.bit_cur[si & 1][part][0];
+          const uint4 b0 = bc[0], b1 = bc[1];
+          const bool any_bos = ((b0.x | b0.y | b0.z | b0.w) | (b1.x | b1.y | b1.z | b1.w)) != 0u;
+          if (!any_bos && lt == kBlock) {
+            const int tt = t0 / kTileTokens;
+            h = block_products(w, fr, Q, h, p.add_residual, states ? states + tt * tile_stride : nullptr,
+                               states ? states + (tt + 1) * tile_stride : nullptr);
+          } else {
+            h = block_steps(w, reinterpret_cast<const std::uint32_t*>(bc), lt, cq, cp.x, h, p.add_residual, t0,
+                            p.L, states, tile_stride);
+          }
+        }
       }
     }
-    cp_async_wait<kStages - 1>();  // this thread's copy of block blk + 1 has landed
+    cp_async_wait<kStages - 1>();  // this thread's copies of stage si + 1 have landed
     __syncthreads();
-    write_out(blk);
-    transpose(blk + 1);
-    issue(blk + 1 + kStages);
+    write_out(si);
+    transpose(si + 1);
+    issue(si + 1 + kStages);
     __syncthreads();
   }
   cp_async_wait<0>();  // no copy outlives the CTA (the ring's tail holds empty groups or zeros)

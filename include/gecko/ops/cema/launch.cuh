@@ -73,7 +73,7 @@ bool chunked_eligible(const Problem& p, std::initializer_list<const void*> ptrs,
   } else {
     // (The kernels' token indices are int and run a few blocks past the end.)
     if (p.states > kernels::chunked::kMaxStates || p.channels % 8 != 0 || p.batch > 65535 ||
-        p.length > INT_MAX - (kernels::chunked::kStages + 1) * kernels::chunked::kBlock)
+        p.length > INT_MAX - kernels::chunked::kTokensPastEnd)
       return false;
     for (const void* q : ptrs)
       if (reinterpret_cast<std::uintptr_t>(q) % 16 != 0) return false;
