@@ -313,48 +313,67 @@ TEST_CASE("gpu cema bf16 chunked forward matches the CPU reference") {
                                            << worst.dh0);
 }
 
-// The two GPU forwards on a longer sequence (no CPU reference at this size): the chunked kernel
-// against the tile kernels (ForwardPath::kTiles), y, h_out and every saved state.
-TEST_CASE("gpu cema bf16 chunked forward agrees with the tile kernels") {
+// A longer sequence (no CPU reference at this size) for comparing the chunked kernels with the
+// tile kernels: B = 2, L = 16584, D = 256, N = 16, resets, carried state, residual.
+struct LongSequence {
   using T = __nv_bfloat16;
-  const std::int64_t B = 2, L = 16384 + 200, D = 256, N = 16;
-  const std::size_t n = static_cast<std::size_t>(B * L * D), dn = static_cast<std::size_t>(D * N),
-                    sn = static_cast<std::size_t>(B * D * N * 2);
-  DeviceBuffer<T> x, y_c(n), y_t(n);
-  x.upload(test::random_vector<T>(n, 31, -1, 1));
-  DeviceBuffer<float> a, dl, th, g, h0, ho_c(sn), ho_t(sn), st_c(cema::cuda::time_tiles(L) * sn),
-      st_t(cema::cuda::time_tiles(L) * sn);
-  a.upload(test::random_vector<float>(dn, 32, -3, 2));
-  dl.upload(test::random_vector<float>(dn, 33, -3, 2));
-  th.upload(spec_theta(D, 34));
-  g.upload(test::random_vector<float>(2 * dn, 35, -0.3, 0.3));
-  h0.upload(test::random_vector<float>(sn, 36, -0.5, 0.5));
+  static constexpr std::int64_t B = 2, L = 16384 + 200, D = 256, N = 16;
+  static constexpr std::size_t n = static_cast<std::size_t>(B * L * D), dn = static_cast<std::size_t>(D * N),
+                               sn = static_cast<std::size_t>(B * D * N * 2);
+  DeviceBuffer<T> x, dy;
+  DeviceBuffer<float> a, dl, th, g, h0, dh_out;
   DeviceBuffer<std::uint8_t> bos;
-  bos.upload(random_mask(static_cast<std::size_t>(B * L), 2e-4, 37));
-  cema::ForwardArgs<T> f;
-  f.add_residual = true;
-  f.x = x.view({B, L, D});
-  f.bos_mask = bos.view({B, L});
-  f.h0 = h0.view({B, D, N, 2});
-  f.alpha = a.view({D, N});
-  f.delta = dl.view({D, N});
-  f.theta = th.view({D});
-  f.gamma = g.view({D, N, 2});
-  auto run = [&](DeviceBuffer<T>& y, DeviceBuffer<float>& ho, DeviceBuffer<float>& st, cema::cuda::ForwardPath path) {
+
+  LongSequence() {
+    x.upload(test::random_vector<T>(n, 31, -1, 1));
+    dy.upload(test::random_vector<T>(n, 42, -1, 1));
+    a.upload(test::random_vector<float>(dn, 32, -3, 2));
+    dl.upload(test::random_vector<float>(dn, 33, -3, 2));
+    th.upload(spec_theta(D, 34));
+    g.upload(test::random_vector<float>(2 * dn, 35, -0.3, 0.3));
+    h0.upload(test::random_vector<float>(sn, 36, -0.5, 0.5));
+    dh_out.upload(test::random_vector<float>(sn, 48, -1, 1));
+    bos.upload(random_mask(static_cast<std::size_t>(B * L), 2e-4, 37));
+  }
+  cema::ForwardArgs<T> forward_args(DeviceBuffer<T>& y, DeviceBuffer<float>& h_out) const {
+    cema::ForwardArgs<T> f;
+    f.add_residual = true;
+    f.x = x.view({B, L, D});
+    f.bos_mask = bos.view({B, L});
+    f.h0 = h0.view({B, D, N, 2});
+    f.alpha = a.view({D, N});
+    f.delta = dl.view({D, N});
+    f.theta = th.view({D});
+    f.gamma = g.view({D, N, 2});
     f.y = y.view({B, L, D});
-    f.h_out = ho.view({B, D, N, 2});
-    const cema::cuda::Saved saved{st.view({cema::cuda::time_tiles(L), B, D, N, 2})};
+    f.h_out = h_out.view({B, D, N, 2});
+    return f;
+  }
+  static cema::cuda::Saved saved(DeviceBuffer<float>& states) {
+    return cema::cuda::Saved{states.view({cema::cuda::time_tiles(L), B, D, N, 2})};
+  }
+  static void run(const cema::ForwardArgs<T>& f, const cema::cuda::Saved& saved, cema::cuda::ForwardPath path) {
     std::size_t bytes = 0;
     REQUIRE(cema::cuda::forward_workspace_size(f, saved, bytes, path).ok());
     DeviceBuffer<char> ws(bytes);
     const Status s = cema::cuda::forward(f, saved, ws.data(), bytes, nullptr, path);
     REQUIRE_MESSAGE(s.ok(), s.to_string());
     REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-  };
-  run(y_c, ho_c, st_c, cema::cuda::ForwardPath::kAuto);
-  run(y_t, ho_t, st_t, cema::cuda::ForwardPath::kTiles);
-  const auto yc = test::widen(y_c.download()), yt = test::widen(y_t.download());
-  const auto y_cmp = testing::compare(yc, yt), h_cmp = testing::compare(test::widen(ho_c.download()), test::widen(ho_t.download())),
+  }
+};
+
+// The two GPU forwards: the chunked kernel against the tile kernels (ForwardPath::kTiles), y,
+// h_out and every saved state.
+TEST_CASE("gpu cema bf16 chunked forward agrees with the tile kernels") {
+  using S = LongSequence;
+  S seq;
+  DeviceBuffer<S::T> y_c(S::n), y_t(S::n);
+  DeviceBuffer<float> ho_c(S::sn), ho_t(S::sn), st_c(cema::cuda::time_tiles(S::L) * S::sn),
+      st_t(cema::cuda::time_tiles(S::L) * S::sn);
+  S::run(seq.forward_args(y_c, ho_c), S::saved(st_c), cema::cuda::ForwardPath::kAuto);
+  S::run(seq.forward_args(y_t, ho_t), S::saved(st_t), cema::cuda::ForwardPath::kTiles);
+  const auto y_cmp = testing::compare(test::widen(y_c.download()), test::widen(y_t.download())),
+             h_cmp = testing::compare(test::widen(ho_c.download()), test::widen(ho_t.download())),
              s_cmp = testing::compare(test::widen(st_c.download()), test::widen(st_t.download()));
   INFO("y: " << y_cmp.to_string() << "; h_out: " << h_cmp.to_string() << "; states: " << s_cmp.to_string());
   CHECK(y_cmp.within(2e-3));
@@ -364,51 +383,22 @@ TEST_CASE("gpu cema bf16 chunked forward agrees with the tile kernels") {
                                                             << ", states " << s_cmp.rel_fro);
 }
 
-// The two GPU backwards on a longer sequence (no CPU reference at this size): the chunked kernel
-// against the tile kernels (BackwardPath::kTiles) from the same forward, with resets, carried
-// state and dh_out: dx, every parameter gradient and dh0.
+// The two GPU backwards from the same forward: the chunked kernel against the tile kernels
+// (BackwardPath::kTiles), with dh_out: dx, every parameter gradient and dh0.
 TEST_CASE("gpu cema bf16 chunked backward agrees with the tile kernels") {
-  using T = __nv_bfloat16;
-  const std::int64_t B = 2, L = 16384 + 200, D = 256, N = 16;
-  const std::size_t n = static_cast<std::size_t>(B * L * D), dn = static_cast<std::size_t>(D * N),
-                    sn = static_cast<std::size_t>(B * D * N * 2);
-  DeviceBuffer<T> x, y(n), dy, dx_c(n), dx_t(n);
-  x.upload(test::random_vector<T>(n, 41, -1, 1));
-  dy.upload(test::random_vector<T>(n, 42, -1, 1));
-  DeviceBuffer<float> a, dl, th, g, h0, dho, ho(sn), st(cema::cuda::time_tiles(L) * sn);
-  a.upload(test::random_vector<float>(dn, 43, -3, 2));
-  dl.upload(test::random_vector<float>(dn, 44, -3, 2));
-  th.upload(spec_theta(D, 45));
-  g.upload(test::random_vector<float>(2 * dn, 46, -0.3, 0.3));
-  h0.upload(test::random_vector<float>(sn, 47, -0.5, 0.5));
-  dho.upload(test::random_vector<float>(sn, 48, -1, 1));
-  DeviceBuffer<std::uint8_t> bos;
-  bos.upload(random_mask(static_cast<std::size_t>(B * L), 2e-4, 49));
-  cema::ForwardArgs<T> f;
-  f.add_residual = true;
-  f.x = x.view({B, L, D});
-  f.bos_mask = bos.view({B, L});
-  f.h0 = h0.view({B, D, N, 2});
-  f.alpha = a.view({D, N});
-  f.delta = dl.view({D, N});
-  f.theta = th.view({D});
-  f.gamma = g.view({D, N, 2});
-  f.y = y.view({B, L, D});
-  f.h_out = ho.view({B, D, N, 2});
-  const cema::cuda::Saved saved{st.view({cema::cuda::time_tiles(L), B, D, N, 2})};
-  {
-    std::size_t bytes = 0;
-    REQUIRE(cema::cuda::forward_workspace_size(f, saved, bytes).ok());
-    DeviceBuffer<char> ws(bytes);
-    REQUIRE(cema::cuda::forward(f, saved, ws.data(), bytes, nullptr).ok());
-  }
+  using S = LongSequence;
+  using T = S::T;
+  const std::int64_t B = S::B, L = S::L, D = S::D, N = S::N;
+  S seq;
+  DeviceBuffer<T> y(S::n), dx_c(S::n), dx_t(S::n);
+  DeviceBuffer<float> ho(S::sn), st(cema::cuda::time_tiles(L) * S::sn);
+  const cema::ForwardArgs<T> f = seq.forward_args(y, ho);
+  const cema::cuda::Saved saved = S::saved(st);
+  S::run(f, saved, cema::cuda::ForwardPath::kAuto);
   struct Grads {
-    DeviceBuffer<float> da, ddl, dt, dg, dh0;
+    DeviceBuffer<float> da{S::dn}, ddl{S::dn}, dt{static_cast<std::size_t>(D)}, dg{2 * S::dn}, dh0{S::sn};
   };
-  Grads gc{DeviceBuffer<float>(dn), DeviceBuffer<float>(dn), DeviceBuffer<float>(D), DeviceBuffer<float>(2 * dn),
-           DeviceBuffer<float>(sn)};
-  Grads gt{DeviceBuffer<float>(dn), DeviceBuffer<float>(dn), DeviceBuffer<float>(D), DeviceBuffer<float>(2 * dn),
-           DeviceBuffer<float>(sn)};
+  Grads gc, gt;
   auto run = [&](DeviceBuffer<T>& dx, Grads& gr, cema::cuda::BackwardPath path) {
     cema::BackwardArgs<T> b;
     b.add_residual = true;
@@ -419,8 +409,8 @@ TEST_CASE("gpu cema bf16 chunked backward agrees with the tile kernels") {
     b.delta = f.delta;
     b.theta = f.theta;
     b.gamma = f.gamma;
-    b.dy = dy.view({B, L, D});
-    b.dh_out = dho.view({B, D, N, 2});
+    b.dy = seq.dy.view({B, L, D});
+    b.dh_out = seq.dh_out.view({B, D, N, 2});
     b.dx = dx.view({B, L, D});
     b.dalpha = gr.da.view({D, N});
     b.ddelta = gr.ddl.view({D, N});

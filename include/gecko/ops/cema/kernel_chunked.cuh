@@ -187,6 +187,20 @@ struct Warp {
   float2* sc;         // [kRows][kScanStride] scan scratch
 };
 
+// Writes a block's output (y, or dx in the backward) over its input in the transposed rows:
+// out[nt] holds rows g / g + 8, tokens 8 nt + 2m (+1) of the sub-chunk, the very words the A
+// fragment a[] was loaded from, so the residual is a[] itself.
+__device__ __forceinline__ void store_block_rows(std::uint32_t* rows, int g, int m, const std::uint32_t (&a)[4],
+                                                 const float (&out)[2][4], bool residual) {
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt) {
+    const float2 r0 = residual ? unpack_bf16x2(a[2 * nt]) : make_float2(0.f, 0.f);
+    const float2 r1 = residual ? unpack_bf16x2(a[2 * nt + 1]) : make_float2(0.f, 0.f);
+    rows[8 * g + 4 * nt + m] = pack_bf16x2(out[nt][0] + r0.x, out[nt][1] + r0.y);
+    rows[8 * g + 64 + 4 * nt + m] = pack_bf16x2(out[nt][2] + r1.x, out[nt][3] + r1.y);
+  }
+}
+
 // One full block without a BOS on the tensor cores; returns the state after it (lanes < 16).
 __device__ __forceinline__ float2 block_products(const Warp& w, const std::uint32_t (&fr)[kFragWords], float2 Q,
                                                  float2 h, bool residual, float2* st8, float2* st16) {
@@ -251,14 +265,7 @@ __device__ __forceinline__ float2 block_products(const Warp& w, const std::uint3
   for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
     for (int i = 0; i < 4; ++i) yv[nt][i] += yf[nt][0][i] + yf[nt][1][i];
-  // yv[nt] rows g / g + 8, tokens 8 nt + 2m (+1) of the sub-chunk: the words a[] came from.
-#pragma unroll
-  for (int nt = 0; nt < 2; ++nt) {
-    const float2 x0 = residual ? unpack_bf16x2(a[2 * nt]) : make_float2(0.f, 0.f);
-    const float2 x1 = residual ? unpack_bf16x2(a[2 * nt + 1]) : make_float2(0.f, 0.f);
-    w.xw[8 * g + 4 * nt + m] = pack_bf16x2(yv[nt][0] + x0.x, yv[nt][1] + x0.y);
-    w.xw[8 * g + 64 + 4 * nt + m] = pack_bf16x2(yv[nt][2] + x1.x, yv[nt][3] + x1.y);
-  }
+  store_block_rows(w.xw, g, m, a, yv, residual);
   return h;
 }
 

@@ -319,13 +319,7 @@ __device__ __forceinline__ float2 block_products_backward(const WarpB& w, const 
     a4[nt][0] += v.x;
     a4[nt][1] += v.y;
   }
-#pragma unroll
-  for (int nt = 0; nt < 2; ++nt) {
-    const float2 d0 = residual ? unpack_bf16x2(ad[2 * nt]) : make_float2(0.f, 0.f);
-    const float2 d1 = residual ? unpack_bf16x2(ad[2 * nt + 1]) : make_float2(0.f, 0.f);
-    w.dw[8 * g + 4 * nt + m] = pack_bf16x2(yv[nt][0] + d0.x, yv[nt][1] + d0.y);
-    w.dw[8 * g + 64 + 4 * nt + m] = pack_bf16x2(yv[nt][2] + d1.x, yv[nt][3] + d1.y);
-  }
+  store_block_rows(w.dw, g, m, ad, yv, residual);
   return gc;
 }
 

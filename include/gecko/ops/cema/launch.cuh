@@ -266,8 +266,10 @@ Status launch_backward(const kernels::BackwardParams& kp, const Plan& pl, const 
   return last_launch_status("cema backward");
 }
 
-template <class T>
-kernels::CallParams call_params(const ForwardArgs<T>& a, const Problem& p) {
+// What the single-kernel paths (decode, chunked) take of any call: sizes, raw parameters, x's
+// strides, the carried state h0.
+template <class Args>
+kernels::CallParams call_params(const Args& a, const Problem& p) {
   kernels::CallParams c;
   c.B = static_cast<int>(p.batch);
   c.L = static_cast<int>(p.length);
@@ -279,12 +281,30 @@ kernels::CallParams call_params(const ForwardArgs<T>& a, const Problem& p) {
   c.gamma = a.gamma.data;
   c.x_sb = a.x.stride(0);
   c.x_sl = a.x.stride(1);
-  c.y_sb = a.y.stride(0);
-  c.y_sl = a.y.stride(1);
   c.add_residual = a.add_residual;
   c.h0 = reinterpret_cast<const float2*>(a.h0.data);
+  return c;
+}
+
+// ... and of a forward call: y's strides and h_out too.
+template <class T>
+kernels::CallParams forward_call_params(const ForwardArgs<T>& a, const Problem& p) {
+  kernels::CallParams c = call_params(a, p);
+  c.y_sb = a.y.stride(0);
+  c.y_sl = a.y.stride(1);
   c.h_out = reinterpret_cast<float2*>(a.h_out.data);
   return c;
+}
+
+// The parameter gradients from the per-row sums slot [B, 5, D, N]: the sum over the batch in index
+// order, then the chain rule to the raw parameters.
+template <class T>
+Status launch_parameter_gradients(const BackwardArgs<T>& a, const Problem& p, const float* slot,
+                                  cudaStream_t stream) {
+  kernels::parameter_gradient_kernel<><<<static_cast<unsigned>((p.channels + 127) / 128), 128, 0, stream>>>(
+      slot, static_cast<int>(p.batch), static_cast<int>(p.channels), static_cast<int>(p.states), a.alpha.data,
+      a.delta.data, a.theta.data, a.dalpha.data, a.ddelta.data, a.dtheta.data, a.dgamma.data);
+  return last_launch_status("cema parameter gradients");
 }
 
 // The BOS mask as bits for the chunked kernels (none when there is no mask).
@@ -310,7 +330,7 @@ Status launch_chunked(const ForwardArgs<T>& a, const Problem& p, const Saved& sa
     return unsupported("cema: the chunked forward takes bfloat16");  // not reached: see chunked_eligible
   } else {
     ck::Params kp;
-    static_cast<kernels::CallParams&>(kp) = call_params(a, p);
+    static_cast<kernels::CallParams&>(kp) = forward_call_params(a, p);
     kp.states = saved.states.empty() ? nullptr : reinterpret_cast<float2*>(saved.states.data);
     GECKO_RETURN_IF_ERROR(launch_bos_bits(a.bos_mask.data, p, ws, kp.bos_bits, stream));
     const auto k = ck::forward_kernel<>;
@@ -331,22 +351,11 @@ Status launch_chunked_backward(const BackwardArgs<T>& a, const Problem& p, const
     return unsupported("cema: the chunked backward takes bfloat16");  // not reached: see chunked_eligible
   } else {
     ck::BackwardParams kp;
-    kp.B = static_cast<int>(p.batch);
-    kp.L = static_cast<int>(p.length);
-    kp.D = static_cast<int>(p.channels);
-    kp.N = static_cast<int>(p.states);
-    kp.alpha = a.alpha.data;
-    kp.delta = a.delta.data;
-    kp.theta = a.theta.data;
-    kp.gamma = a.gamma.data;
-    kp.x_sb = a.x.stride(0);
-    kp.x_sl = a.x.stride(1);
+    static_cast<kernels::CallParams&>(kp) = call_params(a, p);
     kp.dy_sb = a.dy.stride(0);
     kp.dy_sl = a.dy.stride(1);
     kp.dx_sb = a.dx.stride(0);
     kp.dx_sl = a.dx.stride(1);
-    kp.add_residual = a.add_residual;
-    kp.h0 = reinterpret_cast<const float2*>(a.h0.data);
     kp.states = reinterpret_cast<const float2*>(saved.states.data);
     kp.dh_out = reinterpret_cast<const float2*>(a.dh_out.data);
     kp.dh0 = reinterpret_cast<float2*>(a.dh0.data);
@@ -358,11 +367,7 @@ Status launch_chunked_backward(const BackwardArgs<T>& a, const Problem& p, const
     const dim3 grid(static_cast<unsigned>((p.channels + ck::kWarps - 1) / ck::kWarps), static_cast<unsigned>(p.batch));
     k<<<grid, ck::kThreads, ck::kSmemBytesB, stream>>>(kp, a.x.data, a.dy.data, a.dx.data);
     GECKO_RETURN_IF_ERROR(last_launch_status("cema backward (chunked)"));
-    if (!grads) return Status::success();
-    kernels::parameter_gradient_kernel<><<<static_cast<unsigned>((p.channels + 127) / 128), 128, 0, stream>>>(
-        kp.slot, static_cast<int>(p.batch), static_cast<int>(p.channels), static_cast<int>(p.states), a.alpha.data,
-        a.delta.data, a.theta.data, a.dalpha.data, a.ddelta.data, a.dtheta.data, a.dgamma.data);
-    return last_launch_status("cema parameter gradients");
+    return grads ? launch_parameter_gradients(a, p, kp.slot, stream) : Status::success();
   }
 }
 
@@ -417,7 +422,7 @@ Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std
   }
   if (p.length <= kernels::kDecodeTokens && p.states <= 32 && (p.states & (p.states - 1)) == 0) {
     kernels::DecodeParams dp;
-    static_cast<kernels::CallParams&>(dp) = detail::call_params(a, p);
+    static_cast<kernels::CallParams&>(dp) = detail::forward_call_params(a, p);
     dp.bos = a.bos_mask.data;
     dp.state = in_ws ? nullptr : reinterpret_cast<float2*>(saved.states.data);
     const long long total = static_cast<long long>(p.batch) * p.channels * p.states;
@@ -536,10 +541,7 @@ Status backward(const BackwardArgs<T>& a, const Saved& saved, void* workspace, s
     kernels::reduce_partials_kernel<><<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(
         kp.partial, pl.tl.time_tiles, static_cast<int>(p.batch), dn, slot);
     GECKO_RETURN_IF_ERROR(last_launch_status("cema gradient sums"));
-    kernels::parameter_gradient_kernel<><<<static_cast<unsigned>((p.channels + 127) / 128), 128, 0, stream>>>(
-        slot, static_cast<int>(p.batch), static_cast<int>(p.channels), static_cast<int>(p.states), a.alpha.data,
-        a.delta.data, a.theta.data, a.dalpha.data, a.ddelta.data, a.dtheta.data, a.dgamma.data);
-    GECKO_RETURN_IF_ERROR(last_launch_status("cema parameter gradients"));
+    GECKO_RETURN_IF_ERROR(detail::launch_parameter_gradients(a, p, slot, stream));
   }
   return Status::success();
 }
