@@ -15,7 +15,9 @@ namespace {
 // measured in the same run for comparison.
 enum class Pass { kForward, kForwardTiles, kBackward, kBackwardTiles, kForwardBackward };
 
-void BM_cema(benchmark::State& state, Pass pass) {
+// docs: packed documents of 2000 tokens (a BOS at every multiple of 2000), as in training on
+// concatenated text: blocks that hold a BOS take the chunked kernels' token-by-token path.
+void BM_cema(benchmark::State& state, Pass pass, bool docs = false) {
   using T = __nv_bfloat16;
   const std::int64_t B = 1, L = state.range(0), D = 4096, N = 16;
   const std::size_t n = static_cast<std::size_t>(B * L * D), dn = static_cast<std::size_t>(D * N);
@@ -42,8 +44,15 @@ void BM_cema(benchmark::State& state, Pass pass) {
   dl.upload(delta);
   th.upload(theta);
   g.upload(gamma);
+  DeviceBuffer<std::uint8_t> bos;
+  if (docs) {
+    std::vector<std::uint8_t> mask(static_cast<std::size_t>(B * L), 0);
+    for (std::int64_t t = 0; t < L; t += 2000) mask[static_cast<std::size_t>(t)] = 1;
+    bos.upload(mask);
+  }
   cema::ForwardArgs<T> f;
   f.x = x.view({B, L, D});
+  if (docs) f.bos_mask = bos.view({B, L});
   f.alpha = a.view({D, N});
   f.delta = dl.view({D, N});
   f.theta = th.view({D});
@@ -52,6 +61,7 @@ void BM_cema(benchmark::State& state, Pass pass) {
   cema::cuda::Saved saved{states.view({cema::cuda::time_tiles(L), B, D, N, 2})};
   cema::BackwardArgs<T> gb;
   gb.x = f.x;
+  gb.bos_mask = f.bos_mask;
   gb.alpha = f.alpha;
   gb.delta = f.delta;
   gb.theta = f.theta;
@@ -98,6 +108,10 @@ BENCHMARK_CAPTURE(BM_cema, fwd_bf16, Pass::kForward)
     ->Arg(4096)->Arg(16384)->Arg(65536)->ArgName("L")->UseManualTime()->Iterations(30)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(BM_cema, fwd_tiles_bf16, Pass::kForwardTiles)
     ->Arg(4096)->Arg(16384)->Arg(65536)->ArgName("L")->UseManualTime()->Iterations(30)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_cema, fwd_docs_bf16, Pass::kForward, true)
+    ->Arg(16384)->ArgName("L")->UseManualTime()->Iterations(30)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_cema, bwd_docs_bf16, Pass::kBackward, true)
+    ->Arg(16384)->ArgName("L")->UseManualTime()->Iterations(30)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(BM_cema, bwd_bf16, Pass::kBackward)
     ->Arg(4096)->Arg(16384)->Arg(65536)->ArgName("L")->UseManualTime()->Iterations(30)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(BM_cema, bwd_tiles_bf16, Pass::kBackwardTiles)

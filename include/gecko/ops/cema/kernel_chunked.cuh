@@ -30,9 +30,9 @@
 // blocks arrive through a cp.async ring kStages stages deep (one 16-byte copy per thread and block)
 // and are stored transposed, channel-major, into one of two buffers, so a lane's A fragment is
 // four 32-bit shared loads; y overwrites x there and leaves as 16-byte stores while the next stage
-// is transposed into the other buffer (two CTA barriers per stage). Blocks holding a BOS, and the sequence's last partial block, run the
-// recurrence token by token in the same 16 lanes instead (about 10x the instructions, exact
-// resets). The state after every kTileTokens tokens goes to Saved::states for the backward. Each
+// is transposed into the other buffer (two CTA barriers per stage). In a block holding a BOS only
+// the 16-token sub-chunks that hold one run token by token (exact resets); the sequence's last
+// partial block runs wholly token by token in the same 16 lanes (about 10x the instructions). The state after every kTileTokens tokens goes to Saved::states for the backward. Each
 // warp forms its channel's coefficient matrices from the raw parameters while its CTA's first
 // blocks are in flight (channel_constants), so the forward needs no workspace but the BOS bits.
 #pragma once
@@ -185,7 +185,29 @@ struct Warp {
   std::uint32_t* xw;  // this channel's transposed block, as bf16 pairs
   __nv_bfloat16* xe;  // the same, element-wise
   float2* sc;         // [kRows][kScanStride] scan scratch
+  float* yfix;        // [kRows][kSub]: y of the sub-chunks that hold a BOS (the prologue's scratch)
 };
+
+// The state of lanes < 16 across sub-chunk r of the block, token by token (it holds a BOS).
+__device__ __forceinline__ float2 sub_chunk_steps(const Warp& w, const std::uint32_t* bits, int r, float2 q, float pp,
+                                                  float2 h) {
+#pragma unroll
+  for (int j = 0; j < kSub; ++j) {
+    const int t = kSub * r + j;
+    const float2 in = make_float2(pp * __bfloat162float(w.xe[t]), 0.f);
+    h = (bits[t >> 5] >> (t & 31)) & 1u ? in : affine(q, h, in);
+  }
+  return h;
+}
+
+// Bit r set when sub-chunk r of the block holds a BOS (bits: the block's 256 BOS bits).
+__device__ __forceinline__ unsigned dirty_sub_chunks(const std::uint32_t* bits) {
+  unsigned dirty = 0;
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+    if ((bits[r >> 1] >> (16 * (r & 1))) & 0xffffu) dirty |= 1u << r;
+  return dirty;
+}
 
 // Writes a block's output (y, or dx in the backward) over its input in the transposed rows:
 // out[nt] holds rows g / g + 8, tokens 8 nt + 2m (+1) of the sub-chunk, the very words the A
@@ -201,9 +223,13 @@ __device__ __forceinline__ void store_block_rows(std::uint32_t* rows, int g, int
   }
 }
 
-// One full block without a BOS on the tensor cores; returns the state after it (lanes < 16).
+// One full block on the tensor cores; returns the state after it (lanes < 16). Sub-chunks that
+// hold a BOS (bit r of dirty) are exact token by token instead: the scan steps over them one token
+// at a time, and their y, recomputed the same way from the state entering them, replaces the
+// products' before the store (the products assume no reset inside a sub-chunk).
 __device__ __forceinline__ float2 block_products(const Warp& w, const std::uint32_t (&fr)[kFragWords], float2 Q,
-                                                 float2 h, bool residual, float2* st8, float2* st16) {
+                                                 float2 h, bool residual, float2* st8, float2* st16,
+                                                 const std::uint32_t* bits, unsigned dirty, float4 cq, float pp) {
   const int g = w.g, m = w.m;
   const std::uint32_t a[4] = {w.xw[8 * g + m], w.xw[8 * g + 64 + m], w.xw[8 * g + 4 + m], w.xw[8 * g + 68 + m]};
   float s[4][4] = {};
@@ -226,7 +252,7 @@ __device__ __forceinline__ float2 block_products(const Warp& w, const std::uint3
     w.sc[(g + 8) * kScanStride + 4 * nt + m] = make_float2(s[nt][2], s[nt][3]);
   }
   __syncwarp();
-  if (w.lane < kMaxStates) {  // H_r (exclusive) over the rows, in place
+  if (w.lane < kMaxStates && dirty == 0u) {  // H_r (exclusive) over the rows, in place
     float2 sv[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) sv[r] = w.sc[r * kScanStride + w.lane];
@@ -234,6 +260,15 @@ __device__ __forceinline__ float2 block_products(const Warp& w, const std::uint3
     for (int r = 0; r < kRows; ++r) {
       w.sc[r * kScanStride + w.lane] = h;
       h = affine(Q, h, sv[r]);
+      if (r == kRows / 2 - 1 && st8) *st8 = h;
+    }
+    if (st16) *st16 = h;
+  } else if (w.lane < kMaxStates) {  // the same with the BOS sub-chunks stepped token by token
+#pragma unroll 1
+    for (int r = 0; r < kRows; ++r) {
+      const float2 sv = w.sc[r * kScanStride + w.lane];
+      w.sc[r * kScanStride + w.lane] = h;
+      h = (dirty >> r) & 1u ? sub_chunk_steps(w, bits, r, make_float2(cq.x, cq.y), pp, h) : affine(Q, h, sv);
       if (r == kRows / 2 - 1 && st8) *st8 = h;
     }
     if (st16) *st16 = h;
@@ -265,6 +300,32 @@ __device__ __forceinline__ float2 block_products(const Warp& w, const std::uint3
   for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
     for (int i = 0; i < 4; ++i) yv[nt][i] += yf[nt][0][i] + yf[nt][1][i];
+  if (dirty != 0u) {
+    // y of each BOS sub-chunk from the state entering it (sc), one token at a time (warp sums).
+    for (unsigned dm = dirty; dm != 0u; dm &= dm - 1u) {
+      const int r = __ffs(dm) - 1;
+      float2 hs = w.lane < kMaxStates ? w.sc[r * kScanStride + w.lane] : make_float2(0.f, 0.f);
+#pragma unroll 4
+      for (int j = 0; j < kSub; ++j) {
+        const int t = kSub * r + j;
+        const float2 in = make_float2(pp * __bfloat162float(w.xe[t]), 0.f);
+        hs = (bits[t >> 5] >> (t & 31)) & 1u ? in : affine(make_float2(cq.x, cq.y), hs, in);
+        float v = cq.z * hs.x - cq.w * hs.y;
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+        if (w.lane == 0) w.yfix[r * kSub + j] = v;
+      }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i >> 1);
+        if ((dirty >> row) & 1u) yv[nt][i] = w.yfix[row * kSub + 8 * nt + 2 * m + (i & 1)];
+      }
+    __syncwarp();  // the fixes are read before the next block's BOS sub-chunks write theirs
+  }
   store_block_rows(w.xw, g, m, a, yv, residual);
   return h;
 }
@@ -304,6 +365,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   w.g = w.lane >> 2;
   w.m = w.lane & 3;
   w.sc = &sh.scan[warp][0][0];
+  w.yfix = &sh.scratch[warp].e[0][0];
   const int b = static_cast<int>(blockIdx.y), c0 = static_cast<int>(blockIdx.x) * kWarps, d = c0 + warp;
   const bool active = d < p.D;
 
@@ -404,10 +466,12 @@ __global__ void __launch_bounds__(kThreads, 1)
           const uint4* bc = &sh.bit_cur[si & 1][part][0];
           const uint4 b0 = bc[0], b1 = bc[1];
           const bool any_bos = ((b0.x | b0.y | b0.z | b0.w) | (b1.x | b1.y | b1.z | b1.w)) != 0u;
-          if (!any_bos && lt == kBlock) {
+          if (lt == kBlock) {
             const int tt = t0 / kTileTokens;
+            const auto* bw = reinterpret_cast<const std::uint32_t*>(bc);
             h = block_products(w, fr, Q, h, p.add_residual, states ? states + tt * tile_stride : nullptr,
-                               states ? states + (tt + 1) * tile_stride : nullptr);
+                               states ? states + (tt + 1) * tile_stride : nullptr, bw,
+                               any_bos ? dirty_sub_chunks(bw) : 0u, cq, cp.x);
           } else {
             h = block_steps(w, reinterpret_cast<const std::uint32_t*>(bc), lt, cq, cp.x, h, p.add_residual, t0,
                             p.L, states, tile_stride);
