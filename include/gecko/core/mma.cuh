@@ -1,5 +1,5 @@
 // The warp-level tensor-core product shared by the kernels that use mma.sync directly (sliding
-// chunk attention, working memory, the complex EMA's chunked forward).
+// chunk attention, working memory, the complex EMA's chunked kernels), and a transposed ldmatrix.
 //
 // m16n8k16 fragments (PTX ISA "Matrix fragments for mma.m16n8k16"), lane l, g = l / 4, m = l % 4;
 // a 32-bit register holds two 16-bit elements, the lower-indexed one in its low half:
@@ -35,6 +35,15 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const std::uint32_t (&a)
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
+}
+
+// Four 8x8 b16 matrices from shared memory, transposed (ldmatrix .x4 .trans): lane l gives the
+// address of one 16-byte row (lanes 8q .. 8q + 7 the rows of matrix q, which lands in r[q]).
+__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const void* smem_row) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 
 }  // namespace gecko

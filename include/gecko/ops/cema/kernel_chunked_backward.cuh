@@ -200,13 +200,6 @@ struct WarpB {
 
 __device__ __forceinline__ std::uint32_t swap_halves(std::uint32_t v) { return __byte_perm(v, 0u, 0x1032u); }
 
-__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const void* smem_row) {
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // One full block without a BOS on the tensor cores. Returns the carry out (lanes < 16); adds to
 // the lane sums, the fragment-layout sums ap / a3 / a4 ([n-tile][Re, Im]: state 4 nt + m, rows g
 // and g + 8; P1 is recomputed there rather than kept through the scans, which would spill) and the
