@@ -16,12 +16,14 @@
 // but lo x lo kept, so the products carry ~16 mantissa bits and accumulate in fp32: results agree
 // with the fp32 recurrence to ~1e-5 (not bitwise: a different summation order).
 //
-// Measured (H100, B = 1, L = 16384, D = 4096, N = 16): 0.26 ms against 0.81 ms for the tile kernels
-// in the same process (0.27 ms with one block per stage; four blocks per stage with a 3-deep ring,
-// or two with a 6-deep one, measured 0.27 ms). The loop is latency-bound, not DRAM-bound (~0.33 of copy bandwidth): 16
-// warps per SM issue 0.46 instructions per cycle and scheduler, each warp's block a dependent chain
-// of shared-memory round trips, the 16-step scan and mma accumulations (Nsight Compute stalls per
-// instruction: wait 1.7, short scoreboard 1.2, MIO throttle 1.0, barrier 0.5).
+// Measured (H100, B = 1, L = 16384, D = 4096, N = 16): 0.27 ms against 0.81 ms for the tile kernels
+// in the same process; 0.26 ms before the sub-chunk BOS path was compiled in, which took packed
+// documents (a BOS every 2000 tokens) from 1.06 to 0.35 ms. One block per stage measured 0.27 ms,
+// four blocks with a 3-deep ring or two with a 6-deep one 0.27 ms. The loop is latency-bound, not
+// DRAM-bound (~0.33 of copy bandwidth): 16 warps per SM issue 0.46 instructions per cycle and
+// scheduler, each warp's block a dependent chain of shared-memory round trips, the 16-step scan and
+// mma accumulations (Nsight Compute stalls per instruction: wait 1.7, short scoreboard 1.2, MIO
+// throttle 1.0, barrier 0.5).
 //
 // Layout. A CTA owns 16 channels (one warp each) of one batch row and walks the whole sequence,
 // carrying the state in registers of the warp's first 16 lanes. (128 registers a thread allow one
