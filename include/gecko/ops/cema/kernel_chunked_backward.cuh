@@ -29,7 +29,7 @@
 // with A_g = sum_r conj(H_r P3_r), A_p = sum_r Gc_r conj(P1_r), A_1 = sum_r conj(H_r) Gc_r,
 // A_3 = sum_r Gc_r conj(P2_r), A_4 = sum_r conj(H_r P4_r) (summed over every block of the
 // sequence), Z0 = sum_tau conj(q)^tau C(tau), Z1 = sum_tau tau conj(q)^(tau-1) C(tau). So per
-// block a warp runs 50 mma (x, dy, Gc against A1, D', Kdx, F', split bf16 hi + lo as in the
+// block a warp runs 58 mma (x, dy, Gc against A1, D', Kdx, F', split bf16 hi + lo as in the
 // forward), two 16-step scans in 16 lanes, and a few complex products per (sub-chunk, state); the
 // states h_t and adjoints G_t of single tokens never exist.
 //
