@@ -105,6 +105,42 @@ __device__ __forceinline__ void split_bf16x2(float v0, float v1, std::uint32_t& 
 
 // ---- the per-channel constants ------------------------------------------------------------------
 
+// Packs fr[4 q4 .. 4 q4 + 3] = (b0, b1 hi, b0, b1 lo) of B tile q4 for every q4 < kTiles, with
+// value(q4, k, col) the B element at row k, column col (k, col < 16 / 8 within the tile).
+template <int kTiles, class F>
+__device__ __forceinline__ void pack_b_fragments(int lane, std::uint32_t* fr, F value) {
+  const int g = lane >> 2, m = lane & 3;
+#pragma unroll
+  for (int q4 = 0; q4 < kTiles; ++q4) {
+    float v[2][2];
+#pragma unroll
+    for (int bs = 0; bs < 2; ++bs)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) v[bs][e] = value(q4, 2 * m + e + 8 * bs, g);
+    split_bf16x2(v[0][0], v[0][1], fr[4 * q4], fr[4 * q4 + 2]);
+    split_bf16x2(v[1][0], v[1][1], fr[4 * q4 + 1], fr[4 * q4 + 3]);
+  }
+}
+
+// State n of channel d (zeros for n >= N): coefficients_at's float values, and q and p in double
+// for the powers of q the chunked kernels' matrices are built from.
+struct StateCoefficients {
+  float4 qg, gp;
+  double qr, qi, p;
+};
+__device__ __forceinline__ StateCoefficients state_coefficients(const CallParams& c, int d, int n) {
+  StateCoefficients s{make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f), 0.0, 0.0, 0.0};
+  if (n < c.N) {
+    double rho = 0.0, phi = 0.0;
+    coefficients_at(c.alpha, c.delta, c.theta, c.gamma, d, n, c.N, s.qg, s.gp, &phi, &rho, &s.p);
+    double sn, cs;
+    sincos(phi, &sn, &cs);
+    s.qr = rho * cs;
+    s.qi = rho * sn;
+  }
+  return s;
+}
+
 // The warp's channel d: lane n < 16 forms q_n^t (t = 0..16) by repeated products in double
 // (relative error ~1e-15) and from them its state's column of E and row of F; k(t) is summed
 // from E in float; then every lane assembles its 40 fragment registers (fr: E, F, K^T, each
@@ -115,12 +151,9 @@ __device__ __forceinline__ void channel_constants(const Params& p, int d, int la
                                                   std::uint32_t (&fr)[kFragWords], float4& cq, float4& cp) {
   if (lane < kMaxStates) {
     const int n = lane;
-    double rho = 0.0, phi = 0.0, pp = 0.0;
-    float4 qg = make_float4(0.f, 0.f, 0.f, 0.f), gp = qg;
-    if (n < p.N) coefficients_at(p.alpha, p.delta, p.theta, p.gamma, d, n, p.N, qg, gp, &phi, &rho, &pp);
-    double sn, cs;
-    sincos(phi, &sn, &cs);
-    const double qr = rho * cs, qi = rho * sn, gr = gp.x, gi = gp.y;
+    const StateCoefficients c = state_coefficients(p, d, n);
+    const float4 qg = c.qg, gp = c.gp;
+    const double qr = c.qr, qi = c.qi, pp = c.p, gr = gp.x, gi = gp.y;
     double ar = 1.0, ai = 0.0;  // q^t
     for (int t = 0; t < kSub; ++t) {
       s.e[kSub - 1 - t][2 * n] = static_cast<float>(pp * ar);
@@ -142,29 +175,15 @@ __device__ __forceinline__ void channel_constants(const Params& p, int d, int la
     for (int n = 0; n < kMaxStates; ++n)
       kt += s.g[n].x * s.e[kSub - 1 - lane][2 * n] - s.g[n].y * s.e[kSub - 1 - lane][2 * n + 1];
   }
-  const int g = lane >> 2, m = lane & 3;
-#pragma unroll
-  for (int q4 = 0; q4 < kFragWords / 4; ++q4) {  // registers 4 q4 .. 4 q4 + 3: b0, b1 (hi), b0, b1 (lo)
-    float v[2][2];                               // [b0 / b1][element]
-#pragma unroll
-    for (int bs = 0; bs < 2; ++bs)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int kk = 2 * m + e + 8 * bs;  // the B row (k) of this element
-        if (q4 < 4) {                       // E: n-tile q4, column 8 q4 + g
-          v[bs][e] = s.e[kk][8 * q4 + g];
-        } else if (q4 < 8) {  // F: k-step ks, n-tile nt
-          const int ks = (q4 - 4) >> 1, nt = (q4 - 4) & 1;
-          v[bs][e] = s.f[16 * ks + kk][8 * nt + g];
-        } else {  // K^T: n-tile nt, K^T[j = kk][i = 8 nt + g] = k(i - j)
-          const int dt = 8 * (q4 - 8) + g - kk;
-          const float kv = __shfl_sync(0xffffffffu, kt, dt < 0 ? 0 : dt);
-          v[bs][e] = dt >= 0 ? kv : 0.f;
-        }
-      }
-    split_bf16x2(v[0][0], v[0][1], fr[4 * q4], fr[4 * q4 + 2]);
-    split_bf16x2(v[1][0], v[1][1], fr[4 * q4 + 1], fr[4 * q4 + 3]);
-  }
+  // Registers 4 q4 .. 4 q4 + 3 of tile q4: E (n-tiles 0-3), F ([k-step][n-tile] 0-3), K^T (n-tiles 0-1).
+  pack_b_fragments<4>(lane, fr, [&](int q4, int kk, int col) { return s.e[kk][8 * q4 + col]; });
+  pack_b_fragments<4>(lane, fr + 16,
+                      [&](int q4, int kk, int col) { return s.f[16 * (q4 >> 1) + kk][8 * (q4 & 1) + col]; });
+  pack_b_fragments<2>(lane, fr + 32, [&](int q4, int kk, int col) {  // K^T[j = kk][i = 8 q4 + col] = k(i - j)
+    const int dt = 8 * q4 + col - kk;
+    const float kv = __shfl_sync(0xffffffffu, kt, dt < 0 ? 0 : dt);
+    return dt >= 0 ? kv : 0.f;
+  });
 }
 
 // The BOS mask as bits, 256 per block (8 words), so that a block's flags travel with its data

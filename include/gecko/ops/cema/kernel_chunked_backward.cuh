@@ -109,23 +109,6 @@ __device__ __forceinline__ float2 conj_prod(float2 a, float2 b) {  // conj(a b)
   return make_float2(fmaf(a.x, b.x, -a.y * b.y), -fmaf(a.x, b.y, a.y * b.x));
 }
 
-// Packs fr[4 q4 .. 4 q4 + 3] = (b0, b1 hi, b0, b1 lo) of B tile q4 for every q4 < kTiles, with
-// value(q4, k, col) the B element at row k, column col (k, col < 16 / 8 within the tile).
-template <int kTiles, class F>
-__device__ __forceinline__ void pack_b_fragments(int lane, std::uint32_t* fr, F value) {
-  const int g = lane >> 2, m = lane & 3;
-#pragma unroll
-  for (int q4 = 0; q4 < kTiles; ++q4) {
-    float v[2][2];
-#pragma unroll
-    for (int bs = 0; bs < 2; ++bs)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) v[bs][e] = value(q4, 2 * m + e + 8 * bs, g);
-    split_bf16x2(v[0][0], v[0][1], fr[4 * q4], fr[4 * q4 + 2]);
-    split_bf16x2(v[1][0], v[1][1], fr[4 * q4 + 1], fr[4 * q4 + 3]);
-  }
-}
-
 // The warp's channel d: lane n < 16 forms q_n^k (k = 0..16) by repeated products in double, its
 // columns of A1 and D' and its constants; k(t) is summed over the states; then every lane packs
 // its fragment registers: fa (A1) and fd (D') stay in registers, F' ([ks][j-tile] tiles, from
@@ -137,24 +120,23 @@ __device__ __forceinline__ void backward_constants(const CallParams& p, int d, i
   float myp = 0.f, mgr = 0.f, mgi = 0.f;
   if (lane < kMaxStates) {
     const int n = lane;
-    double rho = 0.0, phi = 0.0, pp = 0.0;
-    float4 qg = make_float4(0.f, 0.f, 0.f, 0.f), gp = qg;
-    if (n < p.N) coefficients_at(p.alpha, p.delta, p.theta, p.gamma, d, n, p.N, qg, gp, &phi, &rho, &pp);
-    double sn, cs;
-    sincos(phi, &sn, &cs);
-    const double qr = n < p.N ? rho * cs : 0.0, qi = n < p.N ? rho * sn : 0.0;
+    const StateCoefficients c = state_coefficients(p, d, n);
+    const float4 qg = c.qg, gp = c.gp;
+    const double qr = c.qr, qi = c.qi, pp = c.p;
     double ar = n < p.N ? 1.0 : 0.0, ai = 0.0;  // q^k (unused states: all-zero columns)
+    s.b[0][2 * n] = s.b[0][2 * n + 1] = 0.f;
 #pragma unroll 1
     for (int k = 0; k < kSub; ++k) {
       s.a[k][2 * n] = static_cast<float>(ar);
       s.a[k][2 * n + 1] = static_cast<float>(ai);
-      s.b[k + 1 < kSub ? k + 1 : 0][2 * n] = static_cast<float>((k + 1) * ar);  // D'[k + 1] = (k + 1) q^k
-      s.b[k + 1 < kSub ? k + 1 : 0][2 * n + 1] = static_cast<float>((k + 1) * ai);
+      if (k + 1 < kSub) {  // D'[k + 1] = (k + 1) q^k
+        s.b[k + 1][2 * n] = static_cast<float>((k + 1) * ar);
+        s.b[k + 1][2 * n + 1] = static_cast<float>((k + 1) * ai);
+      }
       const double nr = ar * qr - ai * qi;
       ai = ar * qi + ai * qr;
       ar = nr;
     }
-    s.b[0][2 * n] = s.b[0][2 * n + 1] = 0.f;
     myp = static_cast<float>(pp);
     mgr = gp.x;
     mgi = gp.y;
