@@ -90,18 +90,9 @@ void BM_block(benchmark::State& state, bool backward, bool measured, bool graph 
     fwd();
     if (backward) bwd();
   };
-  cudaGraphExec_t exec = nullptr;
-  if (graph) {
-    step();  // creates the cuBLASLt plans (and measures their algorithms) outside the capture
-    check_cuda(cudaStreamSynchronize(stream), "warm-up");
-    cudaGraph_t g = nullptr;
-    // Relaxed: the launchers query kernel attributes while enqueuing (tests/gpu/test_block_gpu.cu).
-    check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
-    step();
-    check_cuda(cudaStreamEndCapture(stream, &g), "cudaStreamEndCapture");
-    check_cuda(cudaGraphInstantiate(&exec, g, 0), "cudaGraphInstantiate");
-    check_cuda(cudaGraphDestroy(g), "cudaGraphDestroy");
-  }
+  // (capture_graph runs the step once first: the cuBLASLt plans are created, and their algorithms
+  // measured, outside the capture.)
+  const cudaGraphExec_t exec = graph ? capture_graph(stream, step) : nullptr;
   const double flops = forward_flops(m.cfg, L) * (backward ? 3.0 : 1.0);
   run_timed(
       state,

@@ -119,6 +119,22 @@ inline void run_timed(benchmark::State& state, const std::function<void(int)>& l
   if (work.flops > 0) state.counters["TFLOP/s"] = work.flops / (med * 1e-3) / 1e12;
 }
 
+// Runs call() once on `stream` (creating anything its launchers make lazily, such as cuBLASLt
+// plans, outside the capture), then captures it into a CUDA graph and returns the instantiated
+// graph. Relaxed capture: the launchers query kernel attributes while enqueuing.
+inline cudaGraphExec_t capture_graph(cudaStream_t stream, const std::function<void()>& call) {
+  call();
+  check_cuda(cudaStreamSynchronize(stream), "warm-up");
+  cudaGraph_t g = nullptr;
+  check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+  call();
+  check_cuda(cudaStreamEndCapture(stream, &g), "cudaStreamEndCapture");
+  cudaGraphExec_t exec = nullptr;
+  check_cuda(cudaGraphInstantiate(&exec, g, 0), "cudaGraphInstantiate");
+  check_cuda(cudaGraphDestroy(g), "cudaGraphDestroy");
+  return exec;
+}
+
 // The benchmark program's cuBLASLt context (heuristic algorithm choice), never destroyed.
 inline linear::cuda::Context& gemm_context() {
   static linear::cuda::Context* ctx = [] {

@@ -96,17 +96,7 @@ void BM_working_memory(benchmark::State& state, Pass pass, bool cublaslt, bool s
       throw_if_error(ctx ? working_memory::cuda::backward(*ctx, g, ws.data(), ws.size(), stream, sv)
                          : working_memory::cuda::backward(g, ws.data(), ws.size(), stream, sv));
   };
-  cudaGraphExec_t exec = nullptr;
-  if (graph) {
-    call();  // creates the cuBLASLt plans outside the capture
-    check_cuda(cudaStreamSynchronize(stream), "warm-up");
-    cudaGraph_t cg = nullptr;
-    check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
-    call();
-    check_cuda(cudaStreamEndCapture(stream, &cg), "cudaStreamEndCapture");
-    check_cuda(cudaGraphInstantiate(&exec, cg, 0), "cudaGraphInstantiate");
-    check_cuda(cudaGraphDestroy(cg), "cudaGraphDestroy");
-  }
+  const cudaGraphExec_t exec = graph ? capture_graph(stream, call) : nullptr;
   run_timed(
       state,
       [&](int) {
