@@ -426,3 +426,75 @@ TEST_CASE("gpu linear with measured algorithm choice: same results, the caller's
   CHECK(measured.measured_plans() == 1);
   CHECK(again == y1.download());
 }
+
+// Context::matmul's pointer-array batch: bf16 matrices at scattered addresses (no single stride
+// between them), fp32 D, against a host product; then the arguments it refuses.
+TEST_CASE("gpu linear Context runs a pointer-array batch of GEMMs at arbitrary addresses") {
+  auto& ctx = context();
+  const I64 m = 72, n = 40, k = 96, count = 5, lda = m + 8, ldb = k, ldd = m + 4;
+  // Matrix i of A starts at a_off[i] elements into one buffer, likewise B and D (out of order).
+  const I64 a_off[count] = {4 * lda * k, 0, 2 * lda * k + 16, lda * k, 3 * lda * k + 8};
+  const I64 b_off[count] = {0, 3 * ldb * n, ldb * n + 8, 4 * ldb * n, 2 * ldb * n};
+  const I64 d_off[count] = {2 * ldd * n, 4 * ldd * n, 0, ldd * n, 3 * ldd * n + 4};
+  const auto ha = test::random_vector<__nv_bfloat16>(static_cast<std::size_t>(5 * lda * k + 16), 31);
+  const auto hb = test::random_vector<__nv_bfloat16>(static_cast<std::size_t>(5 * ldb * n + 8), 32);
+  DeviceBuffer<__nv_bfloat16> a, b;
+  a.upload(ha);
+  b.upload(hb);
+  DeviceBuffer<float> d(static_cast<std::size_t>(5 * ldd * n + 4));
+  REQUIRE(cudaMemset(d.data(), 0, d.size() * sizeof(float)) == cudaSuccess);
+  std::vector<const void*> ptrs;
+  for (I64 i = 0; i < count; ++i) ptrs.push_back(a.data() + a_off[i]);
+  for (I64 i = 0; i < count; ++i) ptrs.push_back(b.data() + b_off[i]);
+  for (I64 i = 0; i < count; ++i) ptrs.push_back(d.data() + d_off[i]);
+  DeviceBuffer<const void*> arrays;
+  arrays.upload(ptrs);
+  DeviceBuffer<char> ws(ctx.gemm_workspace_bytes());
+  linear::cuda::Gemm g;
+  g.ab_type = CUDA_R_16BF;
+  g.cd_type = CUDA_R_32F;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = arrays.data();
+  g.lda = lda;
+  g.b = arrays.data() + count;
+  g.ldb = ldb;
+  g.d = arrays.data() + 2 * count;
+  g.ldd = ldd;
+  g.batch = static_cast<int>(count);
+  g.pointer_array = true;
+  g.matrix_alignment = 16;  // every offset above is a multiple of 8 bf16 / 4 floats
+  const Status st = ctx.matmul(g, ws.data(), nullptr);
+  REQUIRE_MESSAGE(st.ok(), st.to_string());
+  const auto hd = d.download();
+  // Column-major: A (m x k, lda), B (k x n, ldb), D (m x n, ldd).
+  double worst = 0.0;
+  for (I64 i = 0; i < count; ++i)
+    for (I64 c = 0; c < n; ++c)
+      for (I64 r = 0; r < m; ++r) {
+        double ref = 0.0;
+        for (I64 x = 0; x < k; ++x)
+          ref += to_double(ha[a_off[i] + x * lda + r]) * to_double(hb[b_off[i] + c * ldb + x]);
+        worst = std::max(worst, std::abs(ref - hd[d_off[i] + c * ldd + r]));
+      }
+  CHECK(worst < 1e-4);
+  // Nothing outside the five outputs was written (the gaps between and after them stay zero).
+  std::vector<bool> inside(hd.size(), false);
+  for (I64 i = 0; i < count; ++i)
+    for (I64 c = 0; c < n; ++c)
+      for (I64 r = 0; r < m; ++r) inside[d_off[i] + c * ldd + r] = true;
+  std::size_t stray = 0;
+  for (std::size_t e = 0; e < hd.size(); ++e) stray += !inside[e] && hd[e] != 0.f;
+  CHECK(stray == 0);
+
+  linear::cuda::Gemm bad = g;
+  bad.matrix_alignment = 0;
+  const Status no_alignment = ctx.matmul(bad, ws.data(), nullptr);
+  CHECK(no_alignment.code() == StatusCode::kInvalidArgument);
+  CHECK(no_alignment.message().find("matrix_alignment") != std::string::npos);
+  bad = g;
+  bad.bias = d.data();
+  CHECK(ctx.matmul(bad, ws.data(), nullptr).code() == StatusCode::kInvalidArgument);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+}

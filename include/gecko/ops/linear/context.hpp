@@ -42,7 +42,8 @@ inline Status cublas_status(cublasStatus_t s, const char* what) {
 
 // One column-major GEMM as cuBLASLt sees it: D (m x n, ld ldd) = alpha op(A) op(B) + beta C (+ bias),
 // with C = D unless given, or `batch` of them at constant element strides (cuBLASLt's strided
-// batch; a separate C is not batched).
+// batch; a separate C is not batched), or `batch` of them anywhere (pointer_array: a, b and d are
+// then device arrays of `batch` matrix pointers, for batches no single stride describes).
 struct Gemm {
   cudaDataType_t ab_type = CUDA_R_32F;  // A and B
   cudaDataType_t cd_type = CUDA_R_32F;  // C = D
@@ -61,6 +62,11 @@ struct Gemm {
   float alpha = 1.f;
   int batch = 1;                   // strided batch: matrix i at a + i * stride_a, ...
   std::int64_t stride_a = 0, stride_b = 0, stride_d = 0;
+  // Pointer-array batch: a, b, d point to device arrays of `batch` pointers (written before the
+  // call runs, e.g. by a kernel earlier on the stream); matrix_alignment is the largest power of
+  // two (<= 256 bytes) dividing every matrix address they hold, which the heuristic filters on.
+  bool pointer_array = false;
+  std::int64_t matrix_alignment = 0;
 };
 
 enum class AlgoChoice { kHeuristic, kMeasured };
@@ -163,7 +169,7 @@ class Context {
   // Everything the plan depends on: types, transposes, sizes, leading dimensions, whether beta is
   // zero, the epilogue, the batch, a separate C and the pointers' alignments (the heuristic filters
   // algorithms on them).
-  using Key = std::array<std::int64_t, 22>;
+  using Key = std::array<std::int64_t, 23>;
 
   struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
@@ -188,13 +194,22 @@ class Context {
     return al;
   }
 
+  // The alignment the heuristic is told for a matrix operand (its pointer, or for a pointer array
+  // the caller's matrix_alignment).
+  static std::int64_t operand_alignment(const Gemm& g, const void* p) {
+    return g.pointer_array ? g.matrix_alignment : alignment(p);
+  }
+
   static Key make_key(const Gemm& g) {
-    return Key{g.ab_type,        g.cd_type,       g.trans_a,       g.trans_b,          g.m,
-               g.n,              g.k,             g.lda,           g.ldb,              g.ldd,
-               g.beta != 0.f,    g.bias != nullptr, alignment(g.a), alignment(g.b),     alignment(g.d),
-               g.bias ? alignment(g.bias) : 0,
-               g.batch,          g.stride_a,      g.stride_b,      g.stride_d,
-               g.c ? g.ldc : -1, g.c ? alignment(g.c) : 0};
+    return Key{g.ab_type,        g.cd_type,         g.trans_a,
+               g.trans_b,        g.m,               g.n,
+               g.k,              g.lda,             g.ldb,
+               g.ldd,            g.beta != 0.f,     g.bias != nullptr,
+               operand_alignment(g, g.a),           operand_alignment(g, g.b),
+               operand_alignment(g, g.d),           g.bias ? alignment(g.bias) : 0,
+               g.batch,          g.stride_a,        g.stride_b,
+               g.stride_d,       g.c ? g.ldc : -1,  g.c ? alignment(g.c) : 0,
+               g.pointer_array};
   }
 
   Status create_plan(const Gemm& g, Plan& plan, void* workspace, cudaStream_t stream) {
@@ -215,9 +230,20 @@ class Context {
     GECKO_CUBLAS_RETURN(cublasLtMatrixLayoutCreate(&plan.a, g.ab_type, g.trans_a ? g.k : g.m, g.trans_a ? g.m : g.k, g.lda));
     GECKO_CUBLAS_RETURN(cublasLtMatrixLayoutCreate(&plan.b, g.ab_type, g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n, g.ldb));
     GECKO_CUBLAS_RETURN(cublasLtMatrixLayoutCreate(&plan.d, g.cd_type, g.m, g.n, g.ldd));
-    if (g.c && g.batch > 1) return invalid_argument("linear::cuda::Gemm: a separate C is not batched");
+    if (g.c && (g.batch > 1 || g.pointer_array))
+      return invalid_argument("linear::cuda::Gemm: a separate C is not batched");
+    if (g.pointer_array && (g.bias || g.matrix_alignment < 1))
+      return invalid_argument("linear::cuda::Gemm: a pointer-array batch takes no bias and needs matrix_alignment");
     if (g.c) GECKO_CUBLAS_RETURN(cublasLtMatrixLayoutCreate(&plan.c, g.cd_type, g.m, g.n, g.ldc));
-    if (g.batch > 1) {
+    if (g.pointer_array) {
+      const std::int32_t count = g.batch;
+      const std::uint32_t mode = CUBLASLT_BATCH_MODE_POINTER_ARRAY;
+      for (cublasLtMatrixLayout_t layout : {plan.a, plan.b, plan.d}) {
+        GECKO_CUBLAS_RETURN(
+            cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+        GECKO_CUBLAS_RETURN(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_MODE, &mode, sizeof(mode)));
+      }
+    } else if (g.batch > 1) {
       const std::int32_t count = g.batch;
       const std::pair<cublasLtMatrixLayout_t, std::int64_t> layouts[3] = {
           {plan.a, g.stride_a}, {plan.b, g.stride_b}, {plan.d, g.stride_d}};
@@ -232,8 +258,9 @@ class Context {
     cublasLtMatmulPreference_t pref = nullptr;
     GECKO_CUBLAS_RETURN(cublasLtMatmulPreferenceCreate(&pref));
     const std::uint64_t ws = gemm_workspace_bytes_;
-    const std::uint32_t al_a = static_cast<std::uint32_t>(alignment(g.a)), al_b = static_cast<std::uint32_t>(alignment(g.b)),
-                        al_d = static_cast<std::uint32_t>(alignment(g.d)),
+    const std::uint32_t al_a = static_cast<std::uint32_t>(operand_alignment(g, g.a)),
+                        al_b = static_cast<std::uint32_t>(operand_alignment(g, g.b)),
+                        al_d = static_cast<std::uint32_t>(operand_alignment(g, g.d)),
                         al_c = g.c ? static_cast<std::uint32_t>(alignment(g.c)) : al_d;
     cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
     if (s == CUBLAS_STATUS_SUCCESS)
@@ -247,7 +274,9 @@ class Context {
     std::array<cublasLtMatmulHeuristicResult_t, kCandidates> results{};
     int found = 0;
     const double flops = 2.0 * static_cast<double>(g.m) * g.n * g.k * g.batch;
-    const int want = choice_ == AlgoChoice::kMeasured && flops >= kMeasureMinFlops ? kCandidates : 1;
+    // (Pointer-array batches keep the heuristic's choice: timing them would need scratch arrays.)
+    const int want =
+        choice_ == AlgoChoice::kMeasured && flops >= kMeasureMinFlops && !g.pointer_array ? kCandidates : 1;
     if (s == CUBLAS_STATUS_SUCCESS)
       s = cublasLtMatmulAlgoGetHeuristic(handle_, plan.desc, plan.a, plan.b, plan.c ? plan.c : plan.d, plan.d, pref,
                                          want, results.data(), &found);

@@ -105,7 +105,7 @@ __device__ __forceinline__ void softmax_row(const float (&x)[8], int lane, int n
     y[e] = (e >> 1) < npair ? expf(x[e] - m) : 0.f;
     s += y[e];
   }
-  const float inv = zero ? 0.f : 1.f / warp_sum(s);
+  const float inv = zero ? 0.f : __frcp_rn(warp_sum(s));  // = 1 / sum, without the division's sequence
 #pragma unroll
   for (int k = 0; k < 4; ++k)
     if (k < npair) store2<T>(dst + 2 * lane + 64 * k, y[2 * k] * inv, y[2 * k + 1] * inv);
@@ -174,6 +174,9 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
     cm[e] = -INFINITY;
     cs[e] = 0.f;
   }
+  // The warp's column statistics in two passes over its rows (max, then the sum of exponentials):
+  // an online max-and-rescale per element diverged within the warp and ran two exponentials an
+  // element.
 #pragma unroll
   for (int rr = 0; rr < 8; ++rr) {
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
@@ -183,16 +186,16 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
     softmax_row<T>(x, lane, npair, false, khat + t * dk);
     if (!masked[rr]) {
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float v = x[e];
-        if (v > cm[e]) {
-          cs[e] = cs[e] * expf(cm[e] - v) + 1.f;
-          cm[e] = v;
-        } else {
-          cs[e] += expf(v - cm[e]);
-        }
-      }
+      for (int e = 0; e < 8; ++e) cm[e] = fmaxf(cm[e], x[e]);
     }
+  }
+#pragma unroll
+  for (int rr = 0; rr < 8; ++rr) {
+    if (masked[rr]) continue;
+    float x[8];
+    widen<T>(raw[rr], npair, x);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) cs[e] += cm[e] == -INFINITY ? 0.f : expf(x[e] - cm[e]);
   }
 #pragma unroll
   for (int k = 0; k < 4; ++k)

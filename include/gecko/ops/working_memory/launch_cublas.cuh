@@ -7,9 +7,11 @@
 // them at ~140 TFLOP/s on an H100; cuBLASLt's strided-batch GEMMs several times faster.
 //
 // CublasExec is the executor of launch.cuh's steps with `gemm` redirected, per problem:
-//   plain stores (kStoreT / kStoreF32)  one strided-batch GEMM per (b, h) over the chunks (chunks
-//                                       whose operand or output is the carried chunk, and chunks
-//                                       with a zero product, one by one)
+//   plain stores (kStoreT / kStoreF32)  one pointer-array GEMM over every (b, h) and chunk
+//                                       (kernel_gemm_pointers.cuh writes the arrays; a single
+//                                       (b, h): one strided batch over the chunks); chunks whose
+//                                       operand or output is the carried chunk, and chunks with a
+//                                       zero product, one by one
 //   G's hi / lo split (kStoreHiLo)      the fp32 product, then split_hilo_kernel
 //   daq / dak (row epilogues)           the products into fp32 accumulators, then
 //                                       row_epilogue_kernel (kernel_row_epilogue.cuh)
@@ -25,6 +27,7 @@
 
 #include "gecko/ops/linear/context.hpp"
 #include "gecko/ops/linear/launch.cuh"  // cuda_data_type<T>, detail::check_workspace
+#include "gecko/ops/working_memory/kernel_gemm_pointers.cuh"
 #include "gecko/ops/working_memory/kernel_row_epilogue.cuh"
 #include "gecko/ops/working_memory/launch.cuh"
 
@@ -46,6 +49,8 @@ struct CublasExec : CudaExec {
   std::int64_t acc_chunks = 0;  // chunks each set holds per (b, h)
   float* g32 = nullptr;         // fp32 G before its hi / lo split (16-bit T)
   std::size_t g32_floats = 0;
+  const void** ptrs = nullptr;  // pointer-array batches: 3 arrays of up to ptr_slots pointers
+  std::int64_t ptr_slots = 0;
   double min_flops = CublasOptions{}.min_gemm_flops;
 
   static double flops(const kernels::GemmParams& gp, const kernels::GemmProblem& q) {
@@ -97,13 +102,17 @@ struct CublasExec : CudaExec {
   // [M][K] (AR) or [K][M], B[K, N] stored [K][N] (BR) or [N][K]; as column-major cuBLASLt sees it,
   // outᵀ (N x M) = Bᵀ Aᵀ. Chunks below q.zero_below get zeros (zero_fill) or nothing; chunks whose
   // operand or output index is negative (the carried chunk) run one by one, the rest as one
-  // strided batch per (b, h).
+  // pointer-array batch over every (b, h) (or, for a single (b, h) or without pointer slots, one
+  // strided batch per (b, h)).
   template <class T, bool AR, bool BR, class Out>
   Status products(const kernels::GemmParams& gp, const kernels::GemmProblem& q, const kernels::Segment& s,
                   const kernels::MatAlt& out, float beta, bool zero_fill) const {
     int regular = 0;
     for (const kernels::MatAlt* m : {&s.a, &s.b, &out}) regular = std::max(regular, -m->off);
     const int zero_end = std::min(q.zero_below, q.nb);
+    const int c_batch = std::max(zero_end, regular);
+    const std::int64_t table = static_cast<std::int64_t>(gp.B) * gp.H * (q.nb - c_batch);
+    const bool one_call = gp.B * gp.H > 1 && c_batch < q.nb && ptrs && table <= ptr_slots;
     for (int b = 0; b < gp.B; ++b)
       for (int h = 0; h < gp.H; ++h) {
         for (int c = 0; zero_fill && c < zero_end; ++c) {
@@ -112,13 +121,68 @@ struct CublasExec : CudaExec {
           GECKO_CUDA_RETURN(cudaMemset2DAsync(o, static_cast<std::size_t>(ld) * sizeof(Out), 0,
                                               static_cast<std::size_t>(q.N) * sizeof(Out), q.M, stream));
         }
-        const int c_one = std::max(zero_end, 0), c_batch = std::max(zero_end, regular);
+        const int c_one = std::max(zero_end, 0);
         for (int c = c_one; c < std::min(regular, q.nb); ++c)
           GECKO_RETURN_IF_ERROR((run<T, AR, BR, Out>(q, s, out, beta, b, h, c, 1)));
-        if (c_batch < q.nb)
+        if (c_batch < q.nb && !one_call)
           GECKO_RETURN_IF_ERROR((run<T, AR, BR, Out>(q, s, out, beta, b, h, c_batch, q.nb - c_batch)));
       }
+    if (one_call) return run_all<T, AR, BR, Out>(gp, q, s, out, beta, c_batch);
     return Status::success();
+  }
+
+  // The largest power of two <= 256 dividing v.
+  static std::int64_t pow2_divisor(std::int64_t v) {
+    std::int64_t al = 256;
+    while (al > 1 && v % al != 0) al >>= 1;
+    return al;
+  }
+
+  // Chunks c0 .. q.nb - 1 (regular: no carried operand) of every (b, h) as one pointer-array GEMM.
+  template <class T, bool AR, bool BR, class Out>
+  Status run_all(const kernels::GemmParams& gp, const kernels::GemmProblem& q, const kernels::Segment& s,
+                 const kernels::MatAlt& out, float beta, int c0) const {
+    kernels::PointerTable t;
+    t.H = gp.H;
+    t.chunks = q.nb - c0;
+    t.total = gp.B * gp.H * t.chunks;
+    t.out = ptrs;
+    // cuBLASLt's A, B, D: our B, A and out (see products()).
+    const kernels::MatAlt* mats[3] = {&s.b, &s.a, &out};
+    const std::int64_t bytes[3] = {sizeof(T), sizeof(T), sizeof(Out)};
+    std::int64_t al = 256;
+    for (int w = 0; w < 3; ++w) {
+      const kernels::Mat& m = mats[w]->m;
+      kernels::BytePlacement& bp = t.m[w];
+      bp.p = static_cast<const char*>(m.p) + (c0 + mats[w]->off) * m.sc * bytes[w];
+      bp.sb = m.sb * bytes[w];
+      bp.sh = m.sh * bytes[w];
+      bp.sc = m.sc * bytes[w];
+      al = std::min({al, pow2_divisor(static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(bp.p))),
+                     gp.B > 1 ? pow2_divisor(bp.sb) : al, pow2_divisor(bp.sh), t.chunks > 1 ? pow2_divisor(bp.sc) : al});
+    }
+    kernels::gemm_pointer_table_kernel<><<<static_cast<unsigned>((t.total + kernels::kThreads - 1) / kernels::kThreads),
+                                          kernels::kThreads, 0, stream>>>(t);
+    GECKO_RETURN_IF_ERROR(last_launch_status("working_memory GEMM pointer table"));
+    linear::cuda::Gemm g;
+    g.ab_type = linear::cuda::cuda_data_type<T>();
+    g.cd_type = linear::cuda::cuda_data_type<Out>();
+    g.m = q.N;
+    g.n = q.M;
+    g.k = s.k;
+    g.a = ptrs;
+    g.lda = s.b.m.ld;
+    g.trans_a = !BR;
+    g.b = ptrs + t.total;
+    g.ldb = s.a.m.ld;
+    g.trans_b = !AR;
+    g.d = ptrs + 2 * t.total;
+    g.ldd = out.m.ld;
+    g.beta = beta;
+    g.batch = t.total;
+    g.pointer_array = true;
+    g.matrix_alignment = al;
+    return ctx->matmul(g, gemm_ws, stream);
   }
 
   template <class T, bool AR, bool BR, class Out>
@@ -209,9 +273,10 @@ inline std::size_t round_up_256(std::size_t b) { return (b + 255) / 256 * 256; }
 // The Context path's workspace: launch.cuh's plan, then (backward, 16-bit T) the two fp32
 // accumulator sets of daq / dak, then the GEMM workspace.
 struct CublasLayout {
-  std::size_t acc0 = 0, acc1 = 0, g32 = 0, gemm = 0, total = 0;
+  std::size_t acc0 = 0, acc1 = 0, g32 = 0, ptrs = 0, gemm = 0, total = 0;
   std::int64_t acc_chunks = 0;
   std::size_t g32_floats = 0;
+  std::int64_t ptr_slots = 0;
 };
 
 template <class T>
@@ -231,6 +296,11 @@ CublasLayout cublas_layout(const linear::cuda::Context& ctx, const Plan& pl, boo
     l.g32_floats = static_cast<std::size_t>(p.batch * p.heads * pl.nabs * p.dk * p.dk);
     l.g32 = off;
     off = round_up_256(off + l.g32_floats * sizeof(float));
+  }
+  if (kTensorCores<T>) {  // the pointer arrays: every product covers at most max(n, nabs) chunks
+    l.ptr_slots = p.batch * p.heads * std::max<std::int64_t>({pl.n, pl.nabs, 1});
+    l.ptrs = off;
+    off = round_up_256(off + 3 * static_cast<std::size_t>(l.ptr_slots) * sizeof(void*));
   }
   l.gemm = off;
   l.total = off + ctx.gemm_workspace_bytes();
@@ -263,6 +333,10 @@ inline CublasExec make_exec(linear::cuda::Context& ctx, const CublasLayout& l, v
   if (l.g32_floats > 0) {
     ex.g32 = reinterpret_cast<float*>(ws + l.g32);
     ex.g32_floats = l.g32_floats;
+  }
+  if (l.ptr_slots > 0) {
+    ex.ptrs = reinterpret_cast<const void**>(ws + l.ptrs);
+    ex.ptr_slots = l.ptr_slots;
   }
   return ex;
 }
