@@ -54,10 +54,12 @@ __device__ __forceinline__ const T* key_row(const FeatParams& p, int b, int h, i
   return static_cast<const T*>(p.pk) + b * p.pk_sb + h * p.pk_sh + t * p.pk_st;
 }
 
-// One row of dk features as loaded: lane holds pairs (2 lane + 64 k, +1), k < dk / 64, still
-// packed (32 bits a pair for 16-bit T). The row kernels keep a warp's 8 rows in flight this way and
-// widen one row at a time: holding all 8 as floats cost 112-119 registers, 2 CTAs an SM, and the
-// kernels ran at a third of the copy bandwidth on latency.
+// One row of dk features as loaded: lane holds features [8 lane, 8 lane + 8) (lanes past dk / 8
+// hold nothing), still packed, from one 16-byte load (two for fp32; the launchers require aq, ak
+// and prev_k 16-byte aligned with 16-byte strides). The row kernels keep a warp's 8 rows in
+// flight this way and widen one row at a time: holding all 8 as floats cost 112-119 registers,
+// 2 CTAs an SM, and the kernels ran at a third of the copy bandwidth on latency. (Lanes used to
+// hold pairs 64 apart, four 4-byte loads and stores a row: 420 instructions a row in all.)
 template <class T>
 struct RawRow {
   using Pair = std::conditional_t<std::is_same_v<T, float>, float2, std::uint32_t>;
@@ -69,32 +71,57 @@ struct RawRow {
 template <class T, int kCtas>
 inline constexpr int kRowCtas = std::is_same_v<T, float> ? 0 : kCtas;
 
+// Whether this lane holds features of a dk-wide row.
+__device__ __forceinline__ bool lane_active(int lane, int dk) { return 8 * lane < dk; }
+
 template <class T>
-__device__ __forceinline__ void load_raw(const T* src, int lane, int npair, RawRow<T>& r) {
-  using Pair = typename RawRow<T>::Pair;
-#pragma unroll
-  for (int k = 0; k < 4; ++k)
-    if (k < npair) r.w[k] = *reinterpret_cast<const Pair*>(src + 2 * lane + 64 * k);
+__device__ __forceinline__ void load_raw(const T* row, int lane, int dk, RawRow<T>& r) {
+  if (!lane_active(lane, dk)) return;
+  const uint4* src = reinterpret_cast<const uint4*>(row + 8 * lane);
+  uint4* dst = reinterpret_cast<uint4*>(r.w);
+  dst[0] = src[0];
+  if constexpr (sizeof(r.w) == 32) dst[1] = src[1];
 }
 
-// The row as floats; -inf past dk.
+// The row as floats; -inf on inactive lanes.
 template <class T>
-__device__ __forceinline__ void widen(const RawRow<T>& r, int npair, float (&x)[8]) {
+__device__ __forceinline__ void widen(const RawRow<T>& r, bool active, float (&x)[8]) {
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    if (k < npair) {
-      const float2 v = load2<T>(reinterpret_cast<const T*>(&r.w[k]));
-      x[2 * k] = v.x;
-      x[2 * k + 1] = v.y;
-    } else {
-      x[2 * k] = x[2 * k + 1] = -INFINITY;
-    }
+    const float2 v = active ? load2<T>(reinterpret_cast<const T*>(&r.w[k])) : make_float2(-INFINITY, -INFINITY);
+    x[2 * k] = v.x;
+    x[2 * k + 1] = v.y;
   }
 }
 
-// Softmax of a row as widen() gives it; writes T to dst (or zeros when masked).
+// Writes 8 consecutive values (this lane's features) as T: one 16-byte store (two for fp32).
 template <class T>
-__device__ __forceinline__ void softmax_row(const float (&x)[8], int lane, int npair, bool zero, T* dst) {
+__device__ __forceinline__ void store_row8(T* dst, const float (&y)[8]) {
+  RawRow<T> out;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) store2<T>(reinterpret_cast<T*>(&out.w[k]), y[2 * k], y[2 * k + 1]);
+  uint4* d = reinterpret_cast<uint4*>(dst);
+  const uint4* s = reinterpret_cast<const uint4*>(out.w);
+  d[0] = s[0];
+  if constexpr (sizeof(out.w) == 32) d[1] = s[1];
+}
+
+// e^x: the hardware's base-2 exponential for 16-bit T (its ~2 ulp error and the rounding of
+// x log2 e vanish in a 16-bit result; a third of expf's instructions), expf for fp32.
+template <class T>
+__device__ __forceinline__ float row_exp(float x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return expf(x);
+  } else {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x * 1.4426950408889634f));
+    return y;
+  }
+}
+
+// Softmax of a row as widen() gives it; writes T to this lane's features of dst (zeros when masked).
+template <class T>
+__device__ __forceinline__ void softmax_row(const float (&x)[8], bool active, bool zero, T* dst) {
   float m = -INFINITY;
 #pragma unroll
   for (int e = 0; e < 8; ++e) m = fmaxf(m, x[e]);
@@ -102,13 +129,13 @@ __device__ __forceinline__ void softmax_row(const float (&x)[8], int lane, int n
   float y[8], s = 0.f;
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
-    y[e] = (e >> 1) < npair ? expf(x[e] - m) : 0.f;
+    y[e] = active ? row_exp<T>(x[e] - m) : 0.f;
     s += y[e];
   }
   const float inv = zero ? 0.f : __frcp_rn(warp_sum(s));  // = 1 / sum, without the division's sequence
 #pragma unroll
-  for (int k = 0; k < 4; ++k)
-    if (k < npair) store2<T>(dst + 2 * lane + 64 * k, y[2 * k] * inv, y[2 * k + 1] * inv);
+  for (int e = 0; e < 8; ++e) y[e] *= inv;
+  if (active) store_row8<T>(dst, y);
 }
 
 // Blocks [0, B*H*q_blocks) are query blocks, the rest key blocks (b, h, a, 64-token block).
@@ -116,7 +143,8 @@ template <class T>
 __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(const __grid_constant__ FeatParams p) {
   __shared__ float sm_m[8][256], sm_s[8][256];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int dk = p.dk, npair = dk / 64;
+  const int dk = p.dk;
+  const bool active = lane_active(lane, dk);
   const std::int64_t C = p.chunk;
   std::int64_t blk = blockIdx.x;
   const std::int64_t nq = static_cast<std::int64_t>(p.B) * p.H * p.q_blocks;
@@ -131,7 +159,7 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
       const std::int64_t t = p.q_row0 + qb * kRowBlock + warp * 8 + rr;
       masked[rr] = false;
       if (t < end) {
-        load_raw<T>(static_cast<const T*>(p.aq) + b * p.aq_sb + h * p.aq_sh + t * p.aq_st, lane, npair, raw[rr]);
+        load_raw<T>(static_cast<const T*>(p.aq) + b * p.aq_sb + h * p.aq_sh + t * p.aq_st, lane, dk, raw[rr]);
         std::int64_t id;
         if (p.docs.last(b, t / C - 2, id)) masked[rr] = p.docs.token(b, t) != id;
       }
@@ -141,8 +169,8 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
       const std::int64_t t = p.q_row0 + qb * kRowBlock + warp * 8 + rr;
       if (t < end) {
         float x[8];
-        widen<T>(raw[rr], npair, x);
-        softmax_row<T>(x, lane, npair, masked[rr], static_cast<T*>(p.qhat) + bh * p.qhat_bh + t * dk);
+        widen<T>(raw[rr], active, x);
+        softmax_row<T>(x, active, masked[rr], static_cast<T*>(p.qhat) + bh * p.qhat_bh + t * dk + 8 * lane);
       }
     }
     return;
@@ -163,7 +191,7 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
     masked[rr] = t >= C;
     if (t < C) {
-      load_raw<T>(key_row<T>(p, b, h, pc, t), lane, npair, raw[rr]);
+      load_raw<T>(key_row<T>(p, b, h, pc, t), lane, dk, raw[rr]);
       masked[rr] = docs && p.docs.chunk_token(b, pc, t) != doc;
     }
   }
@@ -182,8 +210,8 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
     if (t >= C) continue;
     float x[8];
-    widen<T>(raw[rr], npair, x);
-    softmax_row<T>(x, lane, npair, false, khat + t * dk);
+    widen<T>(raw[rr], active, x);
+    softmax_row<T>(x, active, false, khat + t * dk + 8 * lane);
     if (!masked[rr]) {
 #pragma unroll
       for (int e = 0; e < 8; ++e) cm[e] = fmaxf(cm[e], x[e]);
@@ -193,18 +221,17 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
   for (int rr = 0; rr < 8; ++rr) {
     if (masked[rr]) continue;
     float x[8];
-    widen<T>(raw[rr], npair, x);
+    widen<T>(raw[rr], active, x);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) cs[e] += cm[e] == -INFINITY ? 0.f : expf(x[e] - cm[e]);
+    for (int e = 0; e < 8; ++e) cs[e] += cm[e] == -INFINITY ? 0.f : row_exp<T>(x[e] - cm[e]);
   }
+  if (active) {
 #pragma unroll
-  for (int k = 0; k < 4; ++k)
-    if (k < npair) {
-      sm_m[warp][2 * lane + 64 * k] = cm[2 * k];
-      sm_m[warp][2 * lane + 64 * k + 1] = cm[2 * k + 1];
-      sm_s[warp][2 * lane + 64 * k] = cs[2 * k];
-      sm_s[warp][2 * lane + 64 * k + 1] = cs[2 * k + 1];
+    for (int e = 0; e < 8; ++e) {
+      sm_m[warp][8 * lane + e] = cm[e];
+      sm_s[warp][8 * lane + e] = cs[e];
     }
+  }
   __syncthreads();
   for (int f = threadIdx.x; f < dk; f += kThreads) {
     float m = -INFINITY;
@@ -300,7 +327,8 @@ struct KappaParams {
 template <class T>
 __global__ void __launch_bounds__(kThreads, kRowCtas<T, 4>) kappa_kernel(const __grid_constant__ KappaParams p) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int dk = p.dk, npair = dk / 64;
+  const int dk = p.dk;
+  const bool active = lane_active(lane, dk);
   const std::int64_t C = p.chunk;
   const int kbn = static_cast<int>(row_blocks(C));
   const std::int64_t blk = blockIdx.x;
@@ -314,12 +342,7 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 4>) kappa_kernel(const _
   const float* ell = p.ell + (static_cast<std::int64_t>(bh) * p.nabs + a) * dk;
   float l[8];
 #pragma unroll
-  for (int k = 0; k < 4; ++k)
-    if (k < npair) {
-      const float2 v = *reinterpret_cast<const float2*>(ell + 2 * lane + 64 * k);
-      l[2 * k] = v.x;
-      l[2 * k + 1] = v.y;
-    }
+  for (int e = 0; e < 8; ++e) l[e] = active ? ell[8 * lane + e] : 0.f;
   FeatParams fp;  // key_row's view of the sources
   fp.chunk = C;
   fp.ak = p.ak;
@@ -337,7 +360,7 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 4>) kappa_kernel(const _
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
     masked[rr] = false;
     if (t < C) {
-      load_raw<T>(key_row<T>(fp, b, h, pc, t), lane, npair, raw[rr]);
+      load_raw<T>(key_row<T>(fp, b, h, pc, t), lane, dk, raw[rr]);
       masked[rr] = docs && p.docs.chunk_token(b, pc, t) != doc;
     }
   }
@@ -346,15 +369,12 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 4>) kappa_kernel(const _
   for (int rr = 0; rr < 8; ++rr) {
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
     if (t >= C) continue;  // past a partial last block
-    float x[8];
-    widen<T>(raw[rr], npair, x);
+    if (!active) continue;
+    float x[8], y[8];
+    widen<T>(raw[rr], true, x);
 #pragma unroll
-    for (int k = 0; k < 4; ++k)
-      if (k < npair) {
-        const float v0 = masked[rr] ? 0.f : expf(x[2 * k] - l[2 * k]);
-        const float v1 = masked[rr] ? 0.f : expf(x[2 * k + 1] - l[2 * k + 1]);
-        store2<T>(kappa + t * dk + 2 * lane + 64 * k, v0, v1);
-      }
+    for (int e = 0; e < 8; ++e) y[e] = masked[rr] ? 0.f : row_exp<T>(x[e] - l[e]);
+    store_row8<T>(kappa + t * dk + 8 * lane, y);
   }
 }
 
