@@ -164,25 +164,33 @@ struct CublasExec : CudaExec {
     kernels::gemm_pointer_table_kernel<><<<static_cast<unsigned>((t.total + kernels::kThreads - 1) / kernels::kThreads),
                                           kernels::kThreads, 0, stream>>>(t);
     GECKO_RETURN_IF_ERROR(last_launch_status("working_memory GEMM pointer table"));
+    linear::cuda::Gemm g = chunk_gemm<T, AR, BR, Out>(q, s, beta);
+    g.a = ptrs;
+    g.lda = s.b.m.ld;
+    g.b = ptrs + t.total;
+    g.ldb = s.a.m.ld;
+    g.d = ptrs + 2 * t.total;
+    g.ldd = out.m.ld;
+    g.batch = t.total;
+    g.pointer_array = true;
+    g.matrix_alignment = al;
+    return ctx->matmul(g, gemm_ws, stream);
+  }
+
+  // The GEMM of one chunk's product as cuBLASLt sees it (outᵀ = Bᵀ Aᵀ): types, sizes, transposes
+  // and beta; callers add the operands.
+  template <class T, bool AR, bool BR, class Out>
+  static linear::cuda::Gemm chunk_gemm(const kernels::GemmProblem& q, const kernels::Segment& s, float beta) {
     linear::cuda::Gemm g;
     g.ab_type = linear::cuda::cuda_data_type<T>();
     g.cd_type = linear::cuda::cuda_data_type<Out>();
     g.m = q.N;
     g.n = q.M;
     g.k = s.k;
-    g.a = ptrs;
-    g.lda = s.b.m.ld;
     g.trans_a = !BR;
-    g.b = ptrs + t.total;
-    g.ldb = s.a.m.ld;
     g.trans_b = !AR;
-    g.d = ptrs + 2 * t.total;
-    g.ldd = out.m.ld;
     g.beta = beta;
-    g.batch = t.total;
-    g.pointer_array = true;
-    g.matrix_alignment = al;
-    return ctx->matmul(g, gemm_ws, stream);
+    return g;
   }
 
   template <class T, bool AR, bool BR, class Out>
@@ -192,21 +200,13 @@ struct CublasExec : CudaExec {
     const T* A = kernels::mat_at<T>(s.a, b, h, c, lda);
     const T* Bm = kernels::mat_at<T>(s.b, b, h, c, ldb);
     Out* O = kernels::mat_at<Out>(out, b, h, c, ldo);
-    linear::cuda::Gemm g;
-    g.ab_type = linear::cuda::cuda_data_type<T>();
-    g.cd_type = linear::cuda::cuda_data_type<Out>();
-    g.m = q.N;
-    g.n = q.M;
-    g.k = s.k;
+    linear::cuda::Gemm g = chunk_gemm<T, AR, BR, Out>(q, s, beta);
     g.a = Bm;
     g.lda = ldb;
-    g.trans_a = !BR;
     g.b = A;
     g.ldb = lda;
-    g.trans_b = !AR;
     g.d = O;
     g.ldd = ldo;
-    g.beta = beta;
     g.batch = count;
     if (count > 1) {  // regular chunks only: the chunk strides of the main matrices
       g.stride_a = s.b.m.sc;
