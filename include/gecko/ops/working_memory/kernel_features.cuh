@@ -106,36 +106,46 @@ __device__ __forceinline__ void store_row8(T* dst, const float (&y)[8]) {
   if constexpr (sizeof(out.w) == 32) d[1] = s[1];
 }
 
-// e^x: the hardware's base-2 exponential for 16-bit T (its ~2 ulp error and the rounding of
-// x log2 e vanish in a 16-bit result; a third of expf's instructions), expf for fp32.
+// e^(x - m) as exp_shift<T>(x, shift_of<T>(m)): for 16-bit T the hardware's base-2 exponential of
+// x log2 e - m log2 e, one FMA and one MUFU (its ~2 ulp error and the FMA's rounding vanish in a
+// 16-bit result; a quarter of expf's instructions); expf(x - m) for fp32.
+inline constexpr float kLog2e = 1.4426950408889634f;
 template <class T>
-__device__ __forceinline__ float row_exp(float x) {
+__device__ __forceinline__ float shift_of(float m) {
+  return std::is_same_v<T, float> ? m : m * kLog2e;
+}
+template <class T>
+__device__ __forceinline__ float exp_shift(float x, float shift) {
   if constexpr (std::is_same_v<T, float>) {
-    return expf(x);
+    return expf(x - shift);
   } else {
     float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x * 1.4426950408889634f));
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(fmaf(x, kLog2e, -shift)));
     return y;
   }
 }
 
-// Softmax of a row as widen() gives it; writes T to this lane's features of dst (zeros when masked).
+// Softmax of a row as widen() gives it; writes T to this lane's features of dst (zeros when masked)
+// when `write`. Callers run it for every row of the warp, written or not: its shuffles inside a
+// branch on the row made the compiler wrap each one in a divergence-safe sequence (WARPSYNC,
+// BSSY / BSYNC), which cost more instructions than the arithmetic.
 template <class T>
-__device__ __forceinline__ void softmax_row(const float (&x)[8], bool active, bool zero, T* dst) {
+__device__ __forceinline__ void softmax_row(const float (&x)[8], bool active, bool zero, T* dst, bool write) {
   float m = -INFINITY;
 #pragma unroll
   for (int e = 0; e < 8; ++e) m = fmaxf(m, x[e]);
   m = warp_max(m);
+  const float shift = shift_of<T>(m);
   float y[8], s = 0.f;
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
-    y[e] = active ? row_exp<T>(x[e] - m) : 0.f;
+    y[e] = active ? exp_shift<T>(x[e], shift) : 0.f;
     s += y[e];
   }
   const float inv = zero ? 0.f : __frcp_rn(warp_sum(s));  // = 1 / sum, without the division's sequence
 #pragma unroll
   for (int e = 0; e < 8; ++e) y[e] *= inv;
-  if (active) store_row8<T>(dst, y);
+  if (write) store_row8<T>(dst, y);
 }
 
 // Blocks [0, B*H*q_blocks) are query blocks, the rest key blocks (b, h, a, 64-token block).
@@ -158,6 +168,7 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
     for (int rr = 0; rr < 8; ++rr) {
       const std::int64_t t = p.q_row0 + qb * kRowBlock + warp * 8 + rr;
       masked[rr] = false;
+      raw[rr] = RawRow<T>{};
       if (t < end) {
         load_raw<T>(static_cast<const T*>(p.aq) + b * p.aq_sb + h * p.aq_sh + t * p.aq_st, lane, dk, raw[rr]);
         std::int64_t id;
@@ -167,11 +178,10 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
 #pragma unroll
     for (int rr = 0; rr < 8; ++rr) {
       const std::int64_t t = p.q_row0 + qb * kRowBlock + warp * 8 + rr;
-      if (t < end) {
-        float x[8];
-        widen<T>(raw[rr], active, x);
-        softmax_row<T>(x, active, masked[rr], static_cast<T*>(p.qhat) + bh * p.qhat_bh + t * dk + 8 * lane);
-      }
+      float x[8];
+      widen<T>(raw[rr], active, x);
+      softmax_row<T>(x, active, masked[rr], static_cast<T*>(p.qhat) + bh * p.qhat_bh + t * dk + 8 * lane,
+                     active && t < end);
     }
     return;
   }
@@ -190,6 +200,7 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
   for (int rr = 0; rr < 8; ++rr) {
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
     masked[rr] = t >= C;
+    raw[rr] = RawRow<T>{};
     if (t < C) {
       load_raw<T>(key_row<T>(p, b, h, pc, t), lane, dk, raw[rr]);
       masked[rr] = docs && p.docs.chunk_token(b, pc, t) != doc;
@@ -208,10 +219,9 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
 #pragma unroll
   for (int rr = 0; rr < 8; ++rr) {
     const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
-    if (t >= C) continue;
     float x[8];
     widen<T>(raw[rr], active, x);
-    softmax_row<T>(x, active, false, khat + t * dk + 8 * lane);
+    softmax_row<T>(x, active, false, khat + t * dk + 8 * lane, active && t < C);
     if (!masked[rr]) {
 #pragma unroll
       for (int e = 0; e < 8; ++e) cm[e] = fmaxf(cm[e], x[e]);
@@ -223,7 +233,7 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
     float x[8];
     widen<T>(raw[rr], active, x);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) cs[e] += cm[e] == -INFINITY ? 0.f : row_exp<T>(x[e] - cm[e]);
+    for (int e = 0; e < 8; ++e) cs[e] += cm[e] == -INFINITY ? 0.f : exp_shift<T>(x[e], shift_of<T>(cm[e]));
   }
   if (active) {
 #pragma unroll
@@ -342,7 +352,7 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 4>) kappa_kernel(const _
   const float* ell = p.ell + (static_cast<std::int64_t>(bh) * p.nabs + a) * dk;
   float l[8];
 #pragma unroll
-  for (int e = 0; e < 8; ++e) l[e] = active ? ell[8 * lane + e] : 0.f;
+  for (int e = 0; e < 8; ++e) l[e] = active ? shift_of<T>(ell[8 * lane + e]) : 0.f;
   FeatParams fp;  // key_row's view of the sources
   fp.chunk = C;
   fp.ak = p.ak;
@@ -373,7 +383,7 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 4>) kappa_kernel(const _
     float x[8], y[8];
     widen<T>(raw[rr], true, x);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) y[e] = masked[rr] ? 0.f : row_exp<T>(x[e] - l[e]);
+    for (int e = 0; e < 8; ++e) y[e] = masked[rr] ? 0.f : exp_shift<T>(x[e], l[e]);
     store_row8<T>(kappa + t * dk + 8 * lane, y);
   }
 }
