@@ -113,9 +113,19 @@ struct CublasExec : CudaExec {
     const int c_batch = std::max(zero_end, regular);
     const std::int64_t table = static_cast<std::int64_t>(gp.B) * gp.H * (q.nb - c_batch);
     const bool one_call = gp.B * gp.H > 1 && c_batch < q.nb && ptrs && table <= ptr_slots;
+    // The zero chunks of every head as one rectangle per batch row when they tile the output
+    // densely (heads side by side in a row, chunks one after another: a token-major output), as
+    // the readout's are: one memset instead of one per (head, chunk).
+    const kernels::Mat& om = out.m;
+    const bool zero_block = zero_fill && zero_end > 0 && out.off >= 0 && om.sh == q.N && om.sc == q.M * om.ld &&
+                            static_cast<std::int64_t>(gp.H) * q.N <= om.ld;
+    for (int b = 0; zero_block && b < gp.B; ++b)
+      GECKO_CUDA_RETURN(cudaMemset2DAsync(kernels::mat_at<Out>(om, b, 0, out.off), static_cast<std::size_t>(om.ld) * sizeof(Out),
+                                          0, static_cast<std::size_t>(gp.H) * q.N * sizeof(Out),
+                                          static_cast<std::size_t>(zero_end) * q.M, stream));
     for (int b = 0; b < gp.B; ++b)
       for (int h = 0; h < gp.H; ++h) {
-        for (int c = 0; zero_fill && c < zero_end; ++c) {
+        for (int c = 0; zero_fill && !zero_block && c < zero_end; ++c) {
           std::int64_t ld = 0;
           Out* o = kernels::mat_at<Out>(out, b, h, c, ld);
           GECKO_CUDA_RETURN(cudaMemset2DAsync(o, static_cast<std::size_t>(ld) * sizeof(Out), 0,
