@@ -148,17 +148,18 @@ __device__ __forceinline__ void softmax_row(const float (&x)[8], bool active, bo
   if (write) store_row8<T>(dst, y);
 }
 
-// Blocks [0, B*H*q_blocks) are query blocks, the rest key blocks (b, h, a, 64-token block).
-template <class T>
-__global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(const __grid_constant__ FeatParams p) {
-  __shared__ float sm_m[8][256], sm_s[8][256];
+// kKeys = false: blocks (b, h, 64-query block), B * H * q_blocks of them; true: key blocks
+// (b, h, a, 64-token block). Two launches: the query rows need 64 registers and run 4 CTAs an SM,
+// the key rows (with the column statistics) 80 and 3.
+template <class T, bool kKeys>
+__global__ void __launch_bounds__(kThreads, kRowCtas<T, kKeys ? 3 : 4>)
+    feature_rows_kernel(const __grid_constant__ FeatParams p) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int dk = p.dk;
   const bool active = lane_active(lane, dk);
   const std::int64_t C = p.chunk;
-  std::int64_t blk = blockIdx.x;
-  const std::int64_t nq = static_cast<std::int64_t>(p.B) * p.H * p.q_blocks;
-  if (blk < nq) {
+  const std::int64_t blk = blockIdx.x;
+  if constexpr (!kKeys) {
     const int bh = static_cast<int>(blk / p.q_blocks), qb = static_cast<int>(blk % p.q_blocks);
     const int b = bh / p.H, h = bh % p.H;
     const std::int64_t end = p.q_row0 + p.q_rows;
@@ -184,8 +185,8 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
                      active && t < end);
     }
     return;
-  }
-  blk -= nq;
+  } else {
+  __shared__ float sm_m[8][256], sm_s[8][256];
   const int kbn = static_cast<int>(row_blocks(C));
   const int kb = static_cast<int>(blk % kbn);
   const int a = static_cast<int>((blk / kbn) % p.nabs);
@@ -251,6 +252,7 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) feature_rows_kernel(
       for (int w = 0; w < 8; ++w)
         if (sm_m[w][f] != -INFINITY) s += sm_s[w][f] * expf(sm_m[w][f] - m);
     p.kstat[((static_cast<std::int64_t>(bh) * p.nabs + a) * kbn + kb) * dk + f] = make_float2(m, s);
+  }
   }
 }
 

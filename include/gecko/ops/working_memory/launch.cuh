@@ -277,10 +277,18 @@ struct CudaExec {
   cudaStream_t stream = nullptr;
 
   template <class T>
+  // blocks: the query blocks (B * H * p.q_blocks) then the key blocks, launched as two kernels.
   Status feature_rows(const kernels::FeatParams& p, std::int64_t blocks) const {
-    if (blocks <= 0) return Status::success();
-    kernels::feature_rows_kernel<T><<<static_cast<unsigned>(blocks), kernels::kThreads, 0, stream>>>(p);
-    return last_launch_status("working_memory feature rows");
+    const std::int64_t nq = std::min<std::int64_t>(blocks, static_cast<std::int64_t>(p.B) * p.H * p.q_blocks);
+    if (nq > 0) {
+      kernels::feature_rows_kernel<T, false><<<static_cast<unsigned>(nq), kernels::kThreads, 0, stream>>>(p);
+      GECKO_RETURN_IF_ERROR(last_launch_status("working_memory feature rows (queries)"));
+    }
+    if (blocks > nq) {
+      kernels::feature_rows_kernel<T, true><<<static_cast<unsigned>(blocks - nq), kernels::kThreads, 0, stream>>>(p);
+      GECKO_RETURN_IF_ERROR(last_launch_status("working_memory feature rows (keys)"));
+    }
+    return Status::success();
   }
   Status stats(const kernels::StatsParams& p, std::int64_t blocks) const {
     if (p.nabs > 0) {
