@@ -1,10 +1,11 @@
-// The feature maps of adaptive working memory (spec 2.2) and the per-feature statistics, in three
+// The feature maps of adaptive working memory (spec 2.2) and the per-feature statistics, in
 // memory-bound passes that do not depend on the dv columns (so they run once, not once per slice):
 //
-//   feature_rows_kernel  q̂ = softmax over features of each query row (zero where the output mask
-//                        drops the token), k̂ likewise for each key row of an absorbed chunk, and
-//                        per 64-token block the column statistics (max, sum exp) over the block's
-//                        unmasked tokens for each feature;
+//   query_rows_kernel    q̂ = softmax over features of each query row (zero where the output mask
+//                        drops the token);
+//   key_rows_kernel      k̂ likewise for each key row of an absorbed chunk, and per 64-token block
+//                        the column statistics (max, sum exp) over the block's unmasked tokens for
+//                        each feature;
 //   stats_kernel         ℓ = logsumexp over the chunk (combining the blocks in a fixed order), the
 //                        resets, and the log-normaliser recurrence A' = logaddexp(ℓ, Ā), ρ = exp(ℓ - A');
 //   kappa_kernel         κ = exp(ak - ℓ) (0 for key-masked tokens), token-major like k̂.
@@ -66,8 +67,8 @@ struct RawRow {
   Pair w[4];
 };
 
-// CTAs per SM the 16-bit row kernels are compiled for (feature rows: 80 registers, no spill; κ: 64
-// registers, a few spilled bytes); fp32 (tests) leaves the count to ptxas (0).
+// CTAs per SM the 16-bit row kernels are compiled for (query rows 4: 64 registers; key rows 3: 80;
+// κ 4: 64; each with a few spilled bytes); fp32 (tests) leaves the count to ptxas (0).
 template <class T, int kCtas>
 inline constexpr int kRowCtas = std::is_same_v<T, float> ? 0 : kCtas;
 
@@ -148,44 +149,50 @@ __device__ __forceinline__ void softmax_row(const float (&x)[8], bool active, bo
   if (write) store_row8<T>(dst, y);
 }
 
-// kKeys = false: blocks (b, h, 64-query block), B * H * q_blocks of them; true: key blocks
-// (b, h, a, 64-token block). Two launches: the query rows need 64 registers and run 4 CTAs an SM,
-// the key rows (with the column statistics) 80 and 3.
-template <class T, bool kKeys>
-__global__ void __launch_bounds__(kThreads, kRowCtas<T, kKeys ? 3 : 4>)
-    feature_rows_kernel(const __grid_constant__ FeatParams p) {
+// Query rows: blocks (b, h, 64-query block), B * H * q_blocks of them. The query and key rows are
+// two kernels: the query rows need 64 registers and run 4 CTAs an SM, the key rows (with the
+// column statistics) 80 and 3; as one kernel both ran at 3 (60 us against 24 + 32 at 16K).
+template <class T>
+__global__ void __launch_bounds__(kThreads, kRowCtas<T, 4>) query_rows_kernel(const __grid_constant__ FeatParams p) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int dk = p.dk;
   const bool active = lane_active(lane, dk);
   const std::int64_t C = p.chunk;
   const std::int64_t blk = blockIdx.x;
-  if constexpr (!kKeys) {
-    const int bh = static_cast<int>(blk / p.q_blocks), qb = static_cast<int>(blk % p.q_blocks);
-    const int b = bh / p.H, h = bh % p.H;
-    const std::int64_t end = p.q_row0 + p.q_rows;
-    RawRow<T> raw[8];
-    bool masked[8];
+  const int bh = static_cast<int>(blk / p.q_blocks), qb = static_cast<int>(blk % p.q_blocks);
+  const int b = bh / p.H, h = bh % p.H;
+  const std::int64_t end = p.q_row0 + p.q_rows;
+  RawRow<T> raw[8];
+  bool masked[8];
 #pragma unroll
-    for (int rr = 0; rr < 8; ++rr) {
-      const std::int64_t t = p.q_row0 + qb * kRowBlock + warp * 8 + rr;
-      masked[rr] = false;
-      raw[rr] = RawRow<T>{};
-      if (t < end) {
-        load_raw<T>(static_cast<const T*>(p.aq) + b * p.aq_sb + h * p.aq_sh + t * p.aq_st, lane, dk, raw[rr]);
-        std::int64_t id;
-        if (p.docs.last(b, t / C - 2, id)) masked[rr] = p.docs.token(b, t) != id;
-      }
+  for (int rr = 0; rr < 8; ++rr) {
+    const std::int64_t t = p.q_row0 + qb * kRowBlock + warp * 8 + rr;
+    masked[rr] = false;
+    raw[rr] = RawRow<T>{};
+    if (t < end) {
+      load_raw<T>(static_cast<const T*>(p.aq) + b * p.aq_sb + h * p.aq_sh + t * p.aq_st, lane, dk, raw[rr]);
+      std::int64_t id;
+      if (p.docs.last(b, t / C - 2, id)) masked[rr] = p.docs.token(b, t) != id;
     }
+  }
 #pragma unroll
-    for (int rr = 0; rr < 8; ++rr) {
-      const std::int64_t t = p.q_row0 + qb * kRowBlock + warp * 8 + rr;
-      float x[8];
-      widen<T>(raw[rr], active, x);
-      softmax_row<T>(x, active, masked[rr], static_cast<T*>(p.qhat) + bh * p.qhat_bh + t * dk + 8 * lane,
-                     active && t < end);
-    }
-    return;
-  } else {
+  for (int rr = 0; rr < 8; ++rr) {
+    const std::int64_t t = p.q_row0 + qb * kRowBlock + warp * 8 + rr;
+    float x[8];
+    widen<T>(raw[rr], active, x);
+    softmax_row<T>(x, active, masked[rr], static_cast<T*>(p.qhat) + bh * p.qhat_bh + t * dk + 8 * lane,
+                   active && t < end);
+  }
+}
+
+// Key rows: blocks (b, h, a, 64-token block): k̂ and the block's column statistics.
+template <class T>
+__global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) key_rows_kernel(const __grid_constant__ FeatParams p) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int dk = p.dk;
+  const bool active = lane_active(lane, dk);
+  const std::int64_t C = p.chunk;
+  const std::int64_t blk = blockIdx.x;
   __shared__ float sm_m[8][256], sm_s[8][256];
   const int kbn = static_cast<int>(row_blocks(C));
   const int kb = static_cast<int>(blk % kbn);
@@ -252,7 +259,6 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, kKeys ? 3 : 4>)
       for (int w = 0; w < 8; ++w)
         if (sm_m[w][f] != -INFINITY) s += sm_s[w][f] * expf(sm_m[w][f] - m);
     p.kstat[((static_cast<std::int64_t>(bh) * p.nabs + a) * kbn + kb) * dk + f] = make_float2(m, s);
-  }
   }
 }
 

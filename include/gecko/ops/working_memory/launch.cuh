@@ -277,15 +277,15 @@ struct CudaExec {
   cudaStream_t stream = nullptr;
 
   template <class T>
-  // blocks: the query blocks (B * H * p.q_blocks) then the key blocks, launched as two kernels.
+  // blocks: the query blocks (B * H * p.q_blocks) then the key blocks, one kernel each.
   Status feature_rows(const kernels::FeatParams& p, std::int64_t blocks) const {
     const std::int64_t nq = std::min<std::int64_t>(blocks, static_cast<std::int64_t>(p.B) * p.H * p.q_blocks);
     if (nq > 0) {
-      kernels::feature_rows_kernel<T, false><<<static_cast<unsigned>(nq), kernels::kThreads, 0, stream>>>(p);
+      kernels::query_rows_kernel<T><<<static_cast<unsigned>(nq), kernels::kThreads, 0, stream>>>(p);
       GECKO_RETURN_IF_ERROR(last_launch_status("working_memory feature rows (queries)"));
     }
     if (blocks > nq) {
-      kernels::feature_rows_kernel<T, true><<<static_cast<unsigned>(blocks - nq), kernels::kThreads, 0, stream>>>(p);
+      kernels::key_rows_kernel<T><<<static_cast<unsigned>(blocks - nq), kernels::kThreads, 0, stream>>>(p);
       GECKO_RETURN_IF_ERROR(last_launch_status("working_memory feature rows (keys)"));
     }
     return Status::success();
