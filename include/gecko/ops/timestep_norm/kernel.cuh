@@ -113,13 +113,21 @@ template <class T, int VEC>
 __device__ __forceinline__ void load_tile(T* dst, const T* src, long long sb, long long sl, int b, int t0, int lt,
                                           int c0, int dc) {
   const int words = dc / VEC;
+  // (row, word) of element i, stepped without a division per element.
+  int r = static_cast<int>(threadIdx.x) / words, w = static_cast<int>(threadIdx.x) - r * words;
+  const int step_r = static_cast<int>(blockDim.x) / words, step_w = static_cast<int>(blockDim.x) - step_r * words;
   for (int i = threadIdx.x; i < lt * words; i += blockDim.x) {
-    const int r = i / words, w = i - r * words;
     const T* g = src + b * sb + (t0 + r) * sl + c0 + w * VEC;
     if constexpr (VEC * sizeof(T) == 16) {
       cp_async_16(dst + r * dc + w * VEC, g);
     } else {
       *reinterpret_cast<Packed<T, VEC>*>(dst + r * dc + w * VEC) = *reinterpret_cast<const Packed<T, VEC>*>(g);
+    }
+    r += step_r;
+    w += step_w;
+    if (w >= words) {
+      w -= words;
+      ++r;
     }
   }
 }
@@ -195,6 +203,7 @@ __device__ void forward_tile(const ForwardParams& p, const T* __restrict__ weigh
   const int b = chain / tl.slabs, slab = chain % tl.slabs;
   const int t0 = tt * Lt, lt = min(Lt, tl.length - t0), c0 = slab * Dc;
   const long long row0 = static_cast<long long>(b) * tl.length;
+  const float inv_k = 1.f / K;  // a multiply per mean instead of a division (exact for powers of 2)
   (void)Lt;
 
   // Per (token, group) moments, two-pass.
@@ -215,11 +224,11 @@ __device__ void forward_tile(const ForwardParams& p, const T* __restrict__ weigh
       float s = 0.f;
 #pragma unroll
       for (int j = 0; j < VEC; ++j) s += v[j];
-      const float mu = pair_sum(s, wm.group_lanes) / K;
+      const float mu = pair_sum(s, wm.group_lanes) * inv_k;
       float q = 0.f;
 #pragma unroll
       for (int j = 0; j < VEC; ++j) q += (v[j] - mu) * (v[j] - mu);
-      q = pair_sum(q, wm.group_lanes) / K;
+      q = pair_sum(q, wm.group_lanes) * inv_k;
       if (r < lt && (wm.word & (wm.group_lanes - 1)) == 0) {
         s_m[r * Gt + gi] = mu;
         s_v[r * Gt + gi] = q;
@@ -237,14 +246,14 @@ __device__ void forward_tile(const ForwardParams& p, const T* __restrict__ weigh
       float s = 0.f;
       if (ok)
         for (int j = sub; j < K; j += lanes) s += to_float(row[j]);
-      const float mu = pair_sum(s, lanes) / K;
+      const float mu = pair_sum(s, lanes) * inv_k;
       float q = 0.f;
       if (ok)
         for (int j = sub; j < K; j += lanes) {
           const float d = to_float(row[j]) - mu;
           q += d * d;
         }
-      q = pair_sum(q, lanes) / K;
+      q = pair_sum(q, lanes) * inv_k;
       if (ok && sub == 0) {
         s_m[pair] = mu;
         s_v[pair] = q;
