@@ -40,6 +40,14 @@ inline Status cublas_status(cublasStatus_t s, const char* what) {
 
 #define GECKO_CUBLAS_RETURN(expr) GECKO_RETURN_IF_ERROR(::gecko::linear::cuda::cublas_status((expr), #expr))
 
+// The largest power of two <= 256 dividing v (an address or a byte stride): the alignment
+// cuBLASLt's heuristic filters algorithms on.
+inline std::int64_t pow2_alignment(std::uint64_t v) {
+  std::int64_t al = 256;
+  while (al > 1 && v % static_cast<std::uint64_t>(al) != 0) al >>= 1;
+  return al;
+}
+
 // One column-major GEMM as cuBLASLt sees it: D (m x n, ld ldd) = alpha op(A) op(B) + beta C (+ bias),
 // with C = D unless given, or `batch` of them at constant element strides (cuBLASLt's strided
 // batch; a separate C is not batched), or `batch` of them anywhere (pointer_array: a, b and d are
@@ -187,12 +195,7 @@ class Context {
     }
   };
 
-  static std::int64_t alignment(const void* p) {
-    const auto v = reinterpret_cast<std::uintptr_t>(p);
-    std::int64_t al = 256;
-    while (al > 1 && v % static_cast<std::uintptr_t>(al) != 0) al >>= 1;
-    return al;
-  }
+  static std::int64_t alignment(const void* p) { return pow2_alignment(reinterpret_cast<std::uintptr_t>(p)); }
 
   // The alignment the heuristic is told for a matrix operand (its pointer, or for a pointer array
   // the caller's matrix_alignment).

@@ -276,8 +276,8 @@ void plan_tiles(kernels::GemmParams& gp) {
 struct CudaExec {
   cudaStream_t stream = nullptr;
 
-  template <class T>
   // blocks: the query blocks (B * H * p.q_blocks) then the key blocks, one kernel each.
+  template <class T>
   Status feature_rows(const kernels::FeatParams& p, std::int64_t blocks) const {
     const std::int64_t nq = std::min<std::int64_t>(blocks, static_cast<std::int64_t>(p.B) * p.H * p.q_blocks);
     if (nq > 0) {

@@ -141,13 +141,6 @@ struct CublasExec : CudaExec {
     return Status::success();
   }
 
-  // The largest power of two <= 256 dividing v.
-  static std::int64_t pow2_divisor(std::int64_t v) {
-    std::int64_t al = 256;
-    while (al > 1 && v % al != 0) al >>= 1;
-    return al;
-  }
-
   // Chunks c0 .. q.nb - 1 (regular: no carried operand) of every (b, h) as one pointer-array GEMM.
   template <class T, bool AR, bool BR, class Out>
   Status run_all(const kernels::GemmParams& gp, const kernels::GemmProblem& q, const kernels::Segment& s,
@@ -160,6 +153,7 @@ struct CublasExec : CudaExec {
     // cuBLASLt's A, B, D: our B, A and out (see products()).
     const kernels::MatAlt* mats[3] = {&s.b, &s.a, &out};
     const std::int64_t bytes[3] = {sizeof(T), sizeof(T), sizeof(Out)};
+    using linear::cuda::pow2_alignment;
     std::int64_t al = 256;
     for (int w = 0; w < 3; ++w) {
       const kernels::Mat& m = mats[w]->m;
@@ -168,8 +162,10 @@ struct CublasExec : CudaExec {
       bp.sb = m.sb * bytes[w];
       bp.sh = m.sh * bytes[w];
       bp.sc = m.sc * bytes[w];
-      al = std::min({al, pow2_divisor(static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(bp.p))),
-                     gp.B > 1 ? pow2_divisor(bp.sb) : al, pow2_divisor(bp.sh), t.chunks > 1 ? pow2_divisor(bp.sc) : al});
+      al = std::min({al, pow2_alignment(reinterpret_cast<std::uintptr_t>(bp.p)),
+                     gp.B > 1 ? pow2_alignment(static_cast<std::uint64_t>(bp.sb)) : al,
+                     pow2_alignment(static_cast<std::uint64_t>(bp.sh)),
+                     t.chunks > 1 ? pow2_alignment(static_cast<std::uint64_t>(bp.sc)) : al});
     }
     kernels::gemm_pointer_table_kernel<><<<static_cast<unsigned>((t.total + kernels::kThreads - 1) / kernels::kThreads),
                                           kernels::kThreads, 0, stream>>>(t);
@@ -281,7 +277,8 @@ struct CublasExec : CudaExec {
 inline std::size_t round_up_256(std::size_t b) { return (b + 255) / 256 * 256; }
 
 // The Context path's workspace: launch.cuh's plan, then (backward, 16-bit T) the two fp32
-// accumulator sets of daq / dak, then the GEMM workspace.
+// accumulator sets of daq / dak, (16-bit T) fp32 G before its split and the three pointer arrays
+// of the pointer-array batches, then the GEMM workspace.
 struct CublasLayout {
   std::size_t acc0 = 0, acc1 = 0, g32 = 0, ptrs = 0, gemm = 0, total = 0;
   std::int64_t acc_chunks = 0;
