@@ -145,6 +145,16 @@ inline linear::cuda::Context& gemm_context() {
   return *ctx;
 }
 
+// The same with AlgoChoice::kMeasured (each large shape's candidates timed on its first call).
+inline linear::cuda::Context& measured_gemm_context() {
+  static linear::cuda::Context* ctx = [] {
+    auto* c = new linear::cuda::Context();
+    throw_if_error(c->init(linear::cuda::Context::kDefaultGemmWorkspaceBytes, linear::cuda::AlgoChoice::kMeasured));
+    return c;
+  }();
+  return *ctx;
+}
+
 // Fills bf16 memory with hashed values in [-scale, scale): tensor cores draw less power on zeros,
 // which would flatter GEMM rates. (A template so every benchmark file may include it.)
 template <int kUnused = 0>

@@ -32,8 +32,10 @@ void fill(DeviceBuffer<__nv_bfloat16>& b, std::size_t n, std::uint32_t seed, flo
 
 // graph: the call is captured once into a CUDA graph and the replay is timed (no host launch or
 // argument-checking time between the kernels; what a graph-captured training step sees).
+// measured: the cuBLASLt context times each product's candidate algorithms (AlgoChoice::kMeasured,
+// as the block benchmark's context does) instead of taking the heuristic's first.
 void BM_working_memory(benchmark::State& state, Pass pass, bool cublaslt, bool saved_front = false,
-                       bool graph = false) {
+                       bool graph = false, bool measured = false) {
   using T = __nv_bfloat16;
   add_device_context();
   const std::int64_t B = 1, H = 4, dk = 256, dv = 2048, C = 2048, L = state.range(0);
@@ -63,7 +65,7 @@ void BM_working_memory(benchmark::State& state, Pass pass, bool cublaslt, bool s
   g.dak = dak.view({B, L, H, dk});
   g.dv = dvv.view({B, L, H, dv});
   std::size_t fbytes = 0, bbytes = 0;
-  linear::cuda::Context* ctx = cublaslt ? &gemm_context() : nullptr;
+  linear::cuda::Context* ctx = !cublaslt ? nullptr : measured ? &measured_gemm_context() : &gemm_context();
   if (ctx) {
     throw_if_error(working_memory::cuda::forward_workspace_size(*ctx, f, fbytes));
     throw_if_error(working_memory::cuda::backward_workspace_size(*ctx, g, bbytes));
@@ -225,6 +227,7 @@ const bool registered = [] {
     bool cublaslt;
     bool saved = false;
     bool graph = false;
+    bool measured = false;
   };
   const Row rows[] = {
       {"working_memory/fwd_bf16", Pass::kForward, false},
@@ -237,9 +240,11 @@ const bool registered = [] {
       {"working_memory/fwd_bwd_bf16_cublaslt_saved", Pass::kBoth, true, true},
       {"working_memory/fwd_bf16_cublaslt_saved_graph", Pass::kForward, true, true, true},
       {"working_memory/fwd_bwd_bf16_cublaslt_saved_graph", Pass::kBoth, true, true, true},
+      {"working_memory/fwd_bf16_cublaslt_measured", Pass::kForward, true, false, false, true},
+      {"working_memory/fwd_bwd_bf16_cublaslt_saved_measured", Pass::kBoth, true, true, false, true},
   };
   for (const Row& r : rows) {
-    benchmark::RegisterBenchmark(r.name, &BM_working_memory, r.pass, r.cublaslt, r.saved, r.graph)
+    benchmark::RegisterBenchmark(r.name, &BM_working_memory, r.pass, r.cublaslt, r.saved, r.graph, r.measured)
         ->Arg(4096)
         ->Arg(16384)
         ->Arg(65536)

@@ -498,3 +498,69 @@ TEST_CASE("gpu linear Context runs a pointer-array batch of GEMMs at arbitrary a
   CHECK(ctx.matmul(bad, ws.data(), nullptr).code() == StatusCode::kInvalidArgument);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
 }
+
+TEST_CASE("gpu linear measured choice times a pointer-array batch (beta = 0) into its own outputs") {
+  // 3 GEMMs of 512 x 384 x 1024 (1.2 GFLOP) so the measured context times its candidates; it runs
+  // them into the batch's own outputs (beta = 0), which the real call then rewrites: the result
+  // must be the plain product, and the gaps between the outputs must stay untouched.
+  linear::cuda::Context measured;
+  REQUIRE(measured.init(linear::cuda::Context::kDefaultGemmWorkspaceBytes, linear::cuda::AlgoChoice::kMeasured).ok());
+  const I64 m = 512, n = 384, k = 1024, count = 3, ld_gap = 8;
+  const I64 a_size = m * k, b_size = k * n, d_size = (m + ld_gap) * n;
+  const auto ha = test::random_vector<__nv_bfloat16>(static_cast<std::size_t>(count * a_size), 41);
+  const auto hb = test::random_vector<__nv_bfloat16>(static_cast<std::size_t>(count * b_size), 42);
+  DeviceBuffer<__nv_bfloat16> a, b;
+  a.upload(ha);
+  b.upload(hb);
+  const float sentinel = 7.f;
+  DeviceBuffer<float> d;
+  d.upload(std::vector<float>(static_cast<std::size_t>(count * d_size), sentinel));
+  std::vector<const void*> ptrs;
+  for (I64 i = 0; i < count; ++i) ptrs.push_back(a.data() + (count - 1 - i) * a_size);  // out of order
+  for (I64 i = 0; i < count; ++i) ptrs.push_back(b.data() + i * b_size);
+  for (I64 i = 0; i < count; ++i) ptrs.push_back(d.data() + ((i + 1) % count) * d_size);
+  DeviceBuffer<const void*> arrays;
+  arrays.upload(ptrs);
+  DeviceBuffer<char> ws(measured.gemm_workspace_bytes());
+  linear::cuda::Gemm g;
+  g.ab_type = CUDA_R_16BF;
+  g.cd_type = CUDA_R_32F;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = arrays.data();
+  g.lda = m;
+  g.b = arrays.data() + count;
+  g.ldb = k;
+  g.d = arrays.data() + 2 * count;
+  g.ldd = m + ld_gap;
+  g.batch = static_cast<int>(count);
+  g.pointer_array = true;
+  g.matrix_alignment = 16;
+  const Status st = measured.matmul(g, ws.data(), nullptr);
+  REQUIRE_MESSAGE(st.ok(), st.to_string());
+  const auto hd = d.download();
+  CHECK(measured.measured_plans() == 1);
+  double worst = 0.0;
+  std::size_t gap_changed = 0;
+  for (I64 i = 0; i < count; ++i) {
+    const I64 ai = (count - 1 - i) * a_size, bi = i * b_size, di = ((i + 1) % count) * d_size;
+    for (I64 c = 0; c < n; ++c) {
+      for (I64 r = 0; r < m; r += 7) {  // every 7th row: enough to catch a wrong or doubled product
+        double ref = 0.0;
+        for (I64 x = 0; x < k; ++x) ref += to_double(ha[ai + x * m + r]) * to_double(hb[bi + c * k + x]);
+        worst = std::max(worst, std::abs(ref - hd[di + c * (m + ld_gap) + r]));
+      }
+      for (I64 r = m; r < m + ld_gap; ++r) gap_changed += hd[di + c * (m + ld_gap) + r] != sentinel;
+    }
+  }
+  CHECK(worst < 1e-3);
+  CHECK(gap_changed == 0);
+  // With beta = 1 a pointer-array batch keeps the heuristic's choice (its outputs are inputs too).
+  linear::cuda::Gemm acc = g;
+  acc.beta = 1.f;
+  acc.k = k / 2;
+  REQUIRE(measured.matmul(acc, ws.data(), nullptr).ok());
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  CHECK(measured.measured_plans() == 1);
+}

@@ -9,7 +9,9 @@
 // kCandidates algorithms on the caller's stream and keeps the fastest: on an H100 the first choice
 // is up to ~10% slower than the best for some of the block's projection shapes
 // (bench/bench_gemm_candidates.cu). Measuring synchronizes the stream once per new shape, writes
-// only into a scratch output the Context allocates for it (never the caller's D), and is skipped
+// only into a scratch output the Context allocates for it (never the caller's D; a pointer-array
+// batch, whose outputs only its device-side arrays name, is timed only with beta = 0, into its own
+// outputs, which the call then rewrites), and is skipped
 // while the stream is being captured into a CUDA graph (the heuristic's choice is cached then).
 //
 // Reproducibility: a shape always runs the algorithm cached for it, so a Context gives
@@ -277,9 +279,9 @@ class Context {
     std::array<cublasLtMatmulHeuristicResult_t, kCandidates> results{};
     int found = 0;
     const double flops = 2.0 * static_cast<double>(g.m) * g.n * g.k * g.batch;
-    // (Pointer-array batches keep the heuristic's choice: timing them would need scratch arrays.)
-    const int want =
-        choice_ == AlgoChoice::kMeasured && flops >= kMeasureMinFlops && !g.pointer_array ? kCandidates : 1;
+    // A pointer-array batch is timed only when it overwrites its outputs (beta = 0; see fastest()).
+    const bool timeable = !g.pointer_array || g.beta == 0.f;
+    const int want = choice_ == AlgoChoice::kMeasured && flops >= kMeasureMinFlops && timeable ? kCandidates : 1;
     if (s == CUBLAS_STATUS_SUCCESS)
       s = cublasLtMatmulAlgoGetHeuristic(handle_, plan.desc, plan.a, plan.b, plan.c ? plan.c : plan.d, plan.d, pref,
                                          want, results.data(), &found);
@@ -308,11 +310,15 @@ class Context {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     GECKO_CUDA_RETURN(cudaStreamIsCapturing(stream, &capture));
     if (capture != cudaStreamCaptureStatusNone) return Status::success();
+    // A pointer-array batch (beta = 0, no separate C) is timed into the caller's own outputs, the
+    // only matrices its device-side arrays name: every candidate writes the same product there and
+    // the call that follows rewrites it with the chosen algorithm. (D never overlaps A or B.)
+    void* out = g.pointer_array ? g.d : nullptr;
     const std::size_t elem = g.cd_type == CUDA_R_32F ? 4 : 2;
     std::size_t need = extent(g.m, g.n, g.ldd, g.batch, g.stride_d);
     if (g.c) need = std::max(need, extent(g.m, g.n, g.ldc, 1, 0));
     need *= elem;
-    if (scratch_bytes_ < need) {
+    if (!out && scratch_bytes_ < need) {
       if (scratch_) cudaFree(scratch_);
       scratch_ = nullptr;
       scratch_bytes_ = 0;
@@ -324,6 +330,7 @@ class Context {
       scratch_bytes_ = need;
       GECKO_CUDA_RETURN(cudaMemsetAsync(scratch_, 0, need, stream));
     }
+    if (!out) out = scratch_;
     if (!start_) GECKO_CUDA_RETURN(cudaEventCreate(&start_));
     if (!stop_) GECKO_CUDA_RETURN(cudaEventCreate(&stop_));
     const float alpha = g.alpha, beta = g.beta;
@@ -331,8 +338,8 @@ class Context {
     for (int i = 0; i < found; ++i) {
       if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
       auto run = [&] {
-        return cublasLtMatmul(handle_, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, scratch_,
-                              plan.c ? plan.c : plan.d, scratch_, plan.d, &results[i].algo, workspace,
+        return cublasLtMatmul(handle_, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, out,
+                              plan.c ? plan.c : plan.d, out, plan.d, &results[i].algo, workspace,
                               results[i].workspaceSize, stream);
       };
       if (run() != CUBLAS_STATUS_SUCCESS) continue;  // a candidate that does not launch is not kept
