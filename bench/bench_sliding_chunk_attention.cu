@@ -77,9 +77,11 @@ enum class Mode { kForward, kBackward, kForwardBackward };
 
 // flash: the fused kernels of launch.cuh; gemm: the cuBLASLt-staged path of launch_gemm.cuh with
 // `group_mib` of logit buffers.
+// probs: the forward keeps its probabilities for the backward (ForwardArgs::probs; GEMM-staged).
 struct Strategy {
   bool gemm = false;
   std::size_t group_mib = 64;
+  bool probs = false;
 };
 
 void BM_sca(benchmark::State& state, Mode mode, Strategy strategy) {
@@ -97,6 +99,7 @@ void BM_sca(benchmark::State& state, Mode mode, Strategy strategy) {
   }
   DeviceBuffer<bf16> out(nv), dq(nqk), dk(nqk), dv(nv);
   DeviceBuffer<float> lse(static_cast<std::size_t>(kH * L));
+  DeviceBuffer<bf16> probs(strategy.probs ? static_cast<std::size_t>(kH * L * 2 * kC) : 1);
 
   sca::ForwardArgs<bf16> f;
   f.chunk = kC;
@@ -117,6 +120,11 @@ void BM_sca(benchmark::State& state, Mode mode, Strategy strategy) {
   g.rope = f.rope;
   g.out = f.out;
   g.lse = f.lse;
+  if (strategy.probs) {
+    f.probs = probs.view({1, kH, L / kC, kC, 2 * kC});
+    g.probs = TensorView<const bf16>(f.probs);
+    state.counters["probs_MiB"] = static_cast<double>(probs.size() * sizeof(bf16)) / (1 << 20);
+  }
   g.dq = dq.view({1, L, kH, kDk});
   g.dk = dk.view({1, L, kH, kDk});
   g.dv = dv.view({1, L, kH, kDv});
@@ -226,7 +234,10 @@ const bool registered = [] {
                       {"sliding_chunk_attention/gemm_fwd_bf16", Mode::kForward, {true, 256}},
                       {"sliding_chunk_attention/gemm_bwd_bf16", Mode::kBackward, {true, 256}},
                       {"sliding_chunk_attention/gemm_g64_fwd_bwd_bf16", Mode::kForwardBackward, {true, 64}},
-                      {"sliding_chunk_attention/gemm_fwd_bwd_bf16", Mode::kForwardBackward, {true, 256}}};
+                      {"sliding_chunk_attention/gemm_fwd_bwd_bf16", Mode::kForwardBackward, {true, 256}},
+                      {"sliding_chunk_attention/gemm_probs_fwd_bf16", Mode::kForward, {true, 256, true}},
+                      {"sliding_chunk_attention/gemm_probs_bwd_bf16", Mode::kBackward, {true, 256, true}},
+                      {"sliding_chunk_attention/gemm_probs_fwd_bwd_bf16", Mode::kForwardBackward, {true, 256, true}}};
   for (const Row& r : rows) {
     benchmark::RegisterBenchmark(r.name, BM_sca, r.mode, r.strategy)
         ->Arg(4096)

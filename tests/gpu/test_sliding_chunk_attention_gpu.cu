@@ -36,13 +36,15 @@ struct Case {
   bool accumulate_dv = false;  // dv starts with random values the backward adds to
   I64 cap = 0;            // > 0 (decoding): the call reads P and start from a device DecodeCursor;
                           // the device prev tensors have cap rows, those past P poisoned
+  bool probs = false;     // GEMM-staged: the forward keeps its probabilities (poisoned buffer) and
+                          // the backward reads them
 };
 
 std::string describe(const Case& c) {
   std::ostringstream s;
   s << "B=" << c.B << " L=" << c.L << " H=" << c.H << " dk=" << c.dk << " dv=" << c.dv << " C=" << c.C << " P=" << c.P
     << " seg=" << c.segments << " rope=" << c.n_rope << " start=" << c.start << " saved=" << c.saved
-    << " pad=" << c.pad << " accumulate_dv=" << c.accumulate_dv << " cap=" << c.cap;
+    << " pad=" << c.pad << " accumulate_dv=" << c.accumulate_dv << " cap=" << c.cap << " probs=" << c.probs;
   return s.str();
 }
 
@@ -227,6 +229,13 @@ void run_case(const Case& c, std::uint64_t seed, bool determinism = false,
   }
   f.out = padded<T>(out_d.data(), B, L, H, dv, pad, Memory::kDevice);
   f.lse = lse_d.view({B, H, L});
+  // Kept probabilities, poisoned: the entries the forward leaves unwritten must never be read.
+  DeviceBuffer<T> probs_d(c.probs ? B * H * L * 2 * c.C : 1);
+  if (c.probs) {
+    REQUIRE(gemm);
+    REQUIRE(cudaMemset(probs_d.data(), 0xff, probs_d.size() * sizeof(T)) == cudaSuccess);
+    f.probs = probs_d.view({B, H, L / c.C, c.C, 2 * c.C});
+  }
   std::size_t fws = 0;
   char* fwork_ptr = nullptr;
   const auto fwd_size = [&] {
@@ -270,6 +279,7 @@ void run_case(const Case& c, std::uint64_t seed, bool determinism = false,
     g.out = f.out;
     g.lse = f.lse;
   }
+  if (c.probs) g.probs = TensorView<const T>(f.probs);
   g.dout = do_d.view({B, L, H, dv});
   g.dq = dq_d.view({B, L, H, dk});
   g.dk = dk_d.view({B, L, H, dk});
@@ -602,6 +612,22 @@ TEST_CASE("gpu sliding chunk attention, GEMM-staged path: shapes, documents, car
     run_case<__nv_bfloat16>(c, seed += 7, true, &one);
     run_case<float>(c, seed += 7, false, &all);
   }
+  // Kept probabilities: the forward writes P into the caller's buffer, the backward reads it.
+  for (Case c : {cases[0], cases[1]}) {
+    c.probs = true;
+    run_case<__nv_bfloat16>(c, seed += 7, false, &one);
+    run_case<__nv_bfloat16>(c, seed += 7, false, &all);
+    c.accumulate_dv = true;
+    run_case<__nv_bfloat16>(c, seed += 7, true, &one);  // deterministic too
+    run_case<__half>(c, seed += 7, false, &all);
+    run_case<float>(c, seed += 7, false, &one);
+  }
+  for (I64 dk : {64, 256})
+    for (I64 dv : {320, 2048}) {
+      Case c = sweep_case(dk, dv, i++);
+      c.probs = true;
+      run_case<__nv_bfloat16>(c, seed += 7, false, dk == 64 ? &one : &all);
+    }
   Case tail;  // a tail call goes to the flash kernels through the same entry point
   tail.C = 128;
   tail.L = 57;
@@ -735,5 +761,53 @@ TEST_CASE("gpu sliding chunk attention, GEMM-staged path: bad arguments") {
     bad.q = buf.view({1, L - 1, 1, d});  // L not a chunk multiple on the full path
     const Status s = sca::cuda::forward_workspace_size(gemm_context(), bad, need);
     CHECK(s.code() == StatusCode::kInvalidArgument);
+  }
+  // Kept probabilities: shape, the path that keeps them, and the backward's needs.
+  DeviceBuffer<T> probs(L * 2 * C);
+  {
+    auto bad = f;
+    bad.probs = probs.view({1, 1, L / C, C, C});  // last dimension must be 2C
+    const Status s = sca::cuda::forward(gemm_context(), bad, ws.data(), ws.size(), nullptr);
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+    CHECK(s.message().find("probs") != std::string::npos);
+  }
+  {
+    auto flash = f;  // the flash kernels' entry point does not keep them
+    flash.probs = probs.view({1, 1, L / C, C, 2 * C});
+    std::size_t b = 0;
+    const Status s = sca::cuda::forward_workspace_size(flash, b);
+    CHECK(s.code() == StatusCode::kUnsupported);
+    CHECK(s.message().find("GEMM-staged") != std::string::npos);
+    auto tail = flash;  // nor does a tail call through the GEMM entry point (it goes to them)
+    tail.chunk = 2 * L;
+    tail.probs = probs.view({1, 1, 1, L, 2 * L});
+    CHECK(!sca::cuda::forward(gemm_context(), tail, ws.data(), ws.size(), nullptr).ok());
+  }
+  {
+    sca::BackwardArgs<T> g;
+    g.chunk = C;
+    g.q = f.q;
+    g.k = f.k;
+    g.v = f.v;
+    g.dout = f.q;
+    g.dq = TensorView<T>::device(buf.data() + 2 * L * d, {1, L, 1, d});
+    g.dk = g.dq;
+    g.dv = TensorView<T>::device(buf.data() + 3 * L * d, {1, L, 1, d});
+    g.probs = TensorView<const T>::device(probs.data(), {1, 1, L / C, C, 2 * C});
+    std::size_t b = 0;
+    const Status s = sca::cuda::backward_workspace_size(gemm_context(), g, b);  // without out
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+    CHECK(s.message().find("out") != std::string::npos);
+  }
+  {  // the CPU reference does not keep them
+    std::vector<float> h(L * d), o(L * d), pr(L * 2 * C);
+    sca::ForwardArgs<float> cf;
+    cf.chunk = C;
+    cf.q = TensorView<const float>::host(h.data(), {1, L, 1, d});
+    cf.k = cf.q;
+    cf.v = cf.q;
+    cf.out = TensorView<float>::host(o.data(), {1, L, 1, d});
+    cf.probs = TensorView<float>::host(pr.data(), {1, 1, L / C, C, 2 * C});
+    CHECK(sca::cpu::forward(cf).code() == StatusCode::kUnsupported);
   }
 }

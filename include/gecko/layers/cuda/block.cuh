@@ -44,10 +44,12 @@ namespace gecko::layers::cuda {
 
 struct Dims {
   std::int64_t B, L, D, Z, E, H, dz, dv, N, C, G, F;
+  bool sca_probs;  // the attention can keep its probabilities for the backward (by its sizes)
   std::int64_t rows() const { return B * L; }
   static Dims of(const GeckoConfig& c, std::int64_t B, std::int64_t L) {
     return Dims{B, L, c.model_dim, c.z_dim, c.value_dim, c.num_heads, c.z_head_dim(), c.v_head_dim(),
-                c.cema_ndim, c.chunk_size, c.timenorm_num_groups, c.ffn_hidden_dim};
+                c.cema_ndim, c.chunk_size, c.timenorm_num_groups, c.ffn_hidden_dim,
+                sliding_chunk_attention::cuda::keeps_probs(L, c.chunk_size, c.z_head_dim(), c.rope(0).n_rope_heads)};
   }
 };
 
@@ -58,6 +60,7 @@ struct BlockActivations {
   T *xn, *xc, *mx, *z, *q, *k, *aq, *ak, *v_pre, *v, *r_pre, *o_sca, *attn, *y;
   float *tn_stats, *tn_corr, *cema_states, *lse;
   working_memory::cuda::Saved wm_saved;  // training calls: the working memory's front (else empty)
+  T* sca_probs;                           // training calls: the attention's probabilities, or null
   // NFFN
   T *u, *a, *b, *hidden;
 
@@ -94,6 +97,9 @@ struct BlockActivations {
       s.wm_saved.bytes = working_memory::cuda::saved_bytes_for<T>(d.B, d.L, d.H, d.dz, d.dv, d.C);
       s.wm_saved.data = act.take<char>(s.wm_saved.bytes);
     }
+    // (the GEMM-staged attention also needs 16-byte rows: heads of whole 16-byte words)
+    const bool probs = training && d.sca_probs && d.dz * sizeof(T) % 16 == 0 && d.dv * sizeof(T) % 16 == 0;
+    s.sca_probs = probs ? act.take<T>(static_cast<std::size_t>(d.rows()) * d.H * 2 * d.C) : nullptr;
     return s;
   }
 };
@@ -238,6 +244,7 @@ Status block_forward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, cons
   }
   sa.out = blh(s.o_sca, B, L, d.H, d.dv);
   sa.lse = TensorView<float>::device(s.lse, {B, d.H, L});
+  if (s.sca_probs) sa.probs = TensorView<T>::device(s.sca_probs, {B, d.H, L / d.C, d.C, 2 * d.C});
   GECKO_RETURN_IF_ERROR(stage(
       ws, [&](std::size_t& b) { return sliding_chunk_attention::cuda::forward_workspace_size(ctx, sa, b); },
       [&](void* p, std::size_t b) { return sliding_chunk_attention::cuda::forward(ctx, sa, p, b, st); }));
@@ -373,6 +380,7 @@ Status block_backward_impl(linear::cuda::Context& ctx, const GeckoConfig& c, con
   sb2.segment_idx = in.segment_idx;
   sb2.out = blh<const T>(s.o_sca, B, L, d.H, d.dv);
   sb2.lse = TensorView<const float>::device(s.lse, {B, d.H, L});
+  if (s.sca_probs) sb2.probs = TensorView<const T>::device(s.sca_probs, {B, d.H, L / d.C, d.C, 2 * d.C});
   sb2.dout = blh<const T>(gF2, B, L, d.H, d.dv);
   sb2.dq = blh(gdq, B, L, d.H, d.dz);
   sb2.dk = blh(gdk, B, L, d.H, d.dz);

@@ -51,6 +51,12 @@ struct ForwardArgs {
   TensorView<acc_t<T>> lse;                     // [B, H, L] log sum_visible exp(s_ij) per query, or empty
                                                 // (-inf for a row with no visible key, which legal
                                                 // inputs never produce: a query sees itself)
+  // The probabilities kept for the backward, or empty: [B, H, L / C, C, 2C] dense, row i of chunk c
+  // holding query c C + i against window keys (c - 1) C .. (c + 1) C (entries a query cannot see
+  // are 0; the always-hidden last C / 2 keys of the first C / 2 rows are left unwritten). Only
+  // the CUDA GEMM-staged path (launch_gemm.cuh) fills them; with them its backward skips
+  // recomputing the logits and the softmax. 2 C^2 elements per chunk and head.
+  TensorView<T> probs;
   // Graph-replayable decoding (CUDA, 16-bit T, L <= 4 on the tail path): a device pointer whose
   // position and prev the kernels read when they run, in place of rope.start and P. prev_k / prev_v
   // (and prev_segment_idx) then give the capacity: their row count is the largest P the cursor may
@@ -74,6 +80,8 @@ struct BackwardArgs {
   TensorView<const acc_t<T>> lse;               // [B, H, L] saved log-sum-exp, or empty. Backends
                                                 // that do not recompute the softmax read these two;
                                                 // the CPU reference recomputes and only checks shapes.
+  TensorView<const T> probs;                    // ForwardArgs::probs as the forward filled them, or
+                                                // empty (the CUDA GEMM-staged path only; needs out)
   TensorView<const T> dout;                     // [B, L, H, dv]
   TensorView<T> dq;                             // [B, L, H, dk] w.r.t. the pre-RoPE q
   TensorView<T> dk;                             // [B, L, H, dk] w.r.t. the pre-RoPE k
@@ -144,6 +152,17 @@ Status check_optional(const TensorView<T>& t, const char* name, Memory where, st
 }
 
 inline std::string str(std::int64_t v) { return std::to_string(v); }
+
+// probs, when given: [B, H, L / C, C, 2C], dense, where the call's other tensors are.
+template <class T>
+Status check_probs(const TensorView<T>& t, Memory where, const Problem& p) {
+  if (t.empty()) return Status::success();
+  if (p.length % p.chunk != 0)
+    return invalid_argument("probs need a whole number of chunks (L = " + str(p.length) + ", C = " + str(p.chunk) + ")");
+  GECKO_RETURN_IF_ERROR(check_shape(t, "probs", {p.batch, p.heads, p.length / p.chunk, p.chunk, 2 * p.chunk}));
+  GECKO_RETURN_IF_ERROR(check_memory(t, "probs", where));
+  return check_contiguous(t, "probs");
+}
 
 // Everything forward and backward share: q/k/v, prev, segments, chunk, scale, RoPE, and the path.
 template <class A>
@@ -219,7 +238,8 @@ Status validate(const ForwardArgs<T>& a, Memory where, Problem& p) {
   GECKO_RETURN_IF_ERROR(detail::validate_inputs(a, where, p));
   if (a.out.empty()) return invalid_argument("out is missing (null data)");
   GECKO_RETURN_IF_ERROR(detail::check_heads(a.out, "out", where, p.batch, p.length, p.heads, p.dv));
-  return detail::check_optional(a.lse, "lse", where, {p.batch, p.heads, p.length});
+  GECKO_RETURN_IF_ERROR(detail::check_optional(a.lse, "lse", where, {p.batch, p.heads, p.length}));
+  return detail::check_probs(a.probs, where, p);
 }
 
 template <class T>
@@ -236,6 +256,8 @@ Status validate(const BackwardArgs<T>& a, Memory where, Problem& p) {
     return invalid_argument("dprev_k/dprev_v are given but there is no prev_k/prev_v");
   GECKO_RETURN_IF_ERROR(detail::check_optional(a.dprev_k, "dprev_k", where, {B, P, H, p.dk}));
   GECKO_RETURN_IF_ERROR(detail::check_optional(a.dprev_v, "dprev_v", where, {B, P, H, p.dv}));
+  GECKO_RETURN_IF_ERROR(detail::check_probs(a.probs, where, p));
+  if (!a.probs.empty() && a.out.empty()) return invalid_argument("probs are given without out (D = rowsum(dO * O) needs it)");
   return Status::success();
 }
 

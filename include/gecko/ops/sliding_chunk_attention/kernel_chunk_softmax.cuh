@@ -6,7 +6,8 @@
 // are written back in T into the first half of the same row, so the T matrix has a leading
 // dimension of 4C elements and needs no buffer of its own. Every thread loads its fp32 values
 // into registers and the CTA synchronizes before the narrower writes land on other threads'
-// words.
+// words. With kept probabilities (ChunkRows::probs) the forward writes P there instead (T, ld 2C)
+// and the gradient reads P from there instead of recomputing it from S and the lse.
 #pragma once
 
 #include "gecko/ops/sliding_chunk_attention/kernel_prep.cuh"  // Theta, rope_cos_sin, Rows
@@ -31,6 +32,9 @@ struct ChunkRows {
   i64 lse_sb = 0, lse_sh = 0, lse_sl = 0;
   float* dp = nullptr;
   const float* D = nullptr;  // [B, H, L]
+  // Kept probabilities (T, ld 2C, chunk g of the group at probs + g * probs_cs elements), or null.
+  void* probs = nullptr;
+  i64 probs_cs = 0;
 };
 
 // Column j of query row i of chunk c is visible (before the document check) iff
@@ -74,7 +78,21 @@ __device__ __forceinline__ void store4(T* dst, const float (&v)[4]) {
   }
 }
 
-// P = softmax over the visible columns, written as T in place; lse (natural log) per row.
+template <class T>
+__device__ __forceinline__ void load4(const T* src, float (&v)[4]) {
+  if constexpr (sizeof(T) == 2) {
+    const uint2 w = *reinterpret_cast<const uint2*>(src);
+    const T* h = reinterpret_cast<const T*>(&w);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = to_float(h[u]);
+  } else {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = to_float(src[u]);
+  }
+}
+
+// P = softmax over the visible columns, written as T in place (or into the kept probabilities);
+// lse (natural log) per row.
 // grid (C, chunks in group), kRowThreads threads.
 template <class T>
 __global__ void __launch_bounds__(kRowThreads) chunk_softmax_kernel(ChunkRows a) {
@@ -115,7 +133,7 @@ __global__ void __launch_bounds__(kRowThreads) chunk_softmax_kernel(ChunkRows a)
   }
   sum = block_reduce(sum, red, [](float x, float y) { return x + y; });  // its barriers order the writes
   const float inv = sum > 0.f ? 1.f / sum : 0.f;
-  T* prow = reinterpret_cast<T*>(row);
+  T* prow = a.probs ? static_cast<T*>(a.probs) + g * a.probs_cs + static_cast<i64>(i) * 2 * a.C : reinterpret_cast<T*>(row);
 #pragma unroll
   for (int it = 0; it < kRowMaxVec; ++it) {
     const int j0 = (it * kRowThreads + threadIdx.x) * 4;
@@ -132,7 +150,8 @@ __global__ void __launch_bounds__(kRowThreads) chunk_softmax_kernel(ChunkRows a)
 }
 
 // From the recomputed logits S and dP = dO V^T: P = exp(S - lse) (written as T over S) and
-// dS = P (dP - D) (written as T over dP); hidden columns get zeros. grid (C, chunks in group).
+// dS = P (dP - D) (written as T over dP); hidden columns get zeros. With kept probabilities P is
+// read from them instead (S and the lse are not touched). grid (C, chunks in group).
 template <class T>
 __global__ void __launch_bounds__(kRowThreads) chunk_softmax_grad_kernel(ChunkRows a) {
   const int i = blockIdx.x, g = blockIdx.y, c = a.c0 + g;
@@ -141,7 +160,8 @@ __global__ void __launch_bounds__(kRowThreads) chunk_softmax_grad_kernel(ChunkRo
   float* srow = a.s + off;
   float* dprow = a.dp + off;
   const i64 qseg = a.segments ? a.seg.query(a.b, r) : 0;
-  const float lse = a.lse_in[a.b * a.lse_sb + a.h * a.lse_sh + static_cast<i64>(r) * a.lse_sl];
+  const T* kept = a.probs ? static_cast<const T*>(a.probs) + g * a.probs_cs + static_cast<i64>(i) * 2 * a.C : nullptr;
+  const float lse = kept ? 0.f : a.lse_in[a.b * a.lse_sb + a.h * a.lse_sh + static_cast<i64>(r) * a.lse_sl];
   const float Dr = a.D[(static_cast<i64>(a.b) * a.H + a.h) * a.L + r];
   const int width = row_width(a, i);
   float p[kRowMaxVec][4], ds[kRowMaxVec][4];
@@ -149,13 +169,22 @@ __global__ void __launch_bounds__(kRowThreads) chunk_softmax_grad_kernel(ChunkRo
   for (int it = 0; it < kRowMaxVec; ++it) {
     const int j0 = (it * kRowThreads + threadIdx.x) * 4;
     if (j0 < width) {
-      const float4 x = *reinterpret_cast<const float4*>(srow + j0);
+      float xs[4];
+      if (kept) {
+        load4(kept + j0, xs);
+      } else {
+        const float4 x = *reinterpret_cast<const float4*>(srow + j0);
+        xs[0] = __expf(x.x - lse);
+        xs[1] = __expf(x.y - lse);
+        xs[2] = __expf(x.z - lse);
+        xs[3] = __expf(x.w - lse);
+      }
       const float4 y = *reinterpret_cast<const float4*>(dprow + j0);
-      const float xs[4] = {x.x, x.y, x.z, x.w}, ys[4] = {y.x, y.y, y.z, y.w};
+      const float ys[4] = {y.x, y.y, y.z, y.w};
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         const bool vis = chunk_col_visible(a, c, i, j0 + u, qseg);
-        p[it][u] = vis ? __expf(xs[u] - lse) : 0.f;
+        p[it][u] = vis ? xs[u] : 0.f;
         ds[it][u] = vis ? p[it][u] * (ys[u] - Dr) : 0.f;
       }
     }
@@ -167,7 +196,7 @@ __global__ void __launch_bounds__(kRowThreads) chunk_softmax_grad_kernel(ChunkRo
   for (int it = 0; it < kRowMaxVec; ++it) {
     const int j0 = (it * kRowThreads + threadIdx.x) * 4;
     if (j0 < width) {
-      store4(prow + j0, p[it]);
+      if (!kept) store4(prow + j0, p[it]);
       store4(dsrow + j0, ds[it]);
     }
   }

@@ -465,11 +465,19 @@ Status backward_fast(const BackwardArgs<T>& a, const Problem& p, const Plan& pl,
 
 namespace detail {
 
+// What a call that asks the flash kernels for probs hears.
+inline constexpr const char* kFlashNoProbs =
+    "sliding chunk attention (CUDA): probs are kept only by the GEMM-staged path (launch_gemm.cuh: the "
+    "linear::cuda::Context entry points, a whole number of chunks, C a multiple of 64 up to 4096, 16-byte aligned "
+    "rows)";
+
 // Validation, support check and plan of one call: what the size queries and the launches share.
+
 template <class T>
 Status plan_forward(const ForwardArgs<T>& a, Problem& p, Plan& pl) {
   static_assert(!std::is_same_v<T, double>, "the CUDA sliding chunk attention takes float, half or bfloat16");
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  if (!a.probs.empty()) return unsupported(kFlashNoProbs);
   GECKO_RETURN_IF_ERROR(check_supported(p));
   GECKO_RETURN_IF_ERROR(make_plan<T>(p, forward_aligned(a), false, false, pl));
   if (a.cursor && !pl.decode)
@@ -482,6 +490,7 @@ template <class T>
 Status plan_backward(const BackwardArgs<T>& a, Problem& p, Plan& pl) {
   static_assert(!std::is_same_v<T, double>, "the CUDA sliding chunk attention takes float, half or bfloat16");
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
+  if (!a.probs.empty()) return unsupported(kFlashNoProbs);
   GECKO_RETURN_IF_ERROR(check_supported(p));
   return make_plan<T>(p, backward_aligned(a), true, a.out.empty() || a.lse.empty(), pl);
 }

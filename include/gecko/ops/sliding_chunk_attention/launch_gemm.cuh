@@ -29,6 +29,13 @@
 // [h, C). That skips the always-masked quarter of the own block, 1/8 of the products; the row
 // kernels then read and write 1.5 C columns for the first half of the rows.
 //
+// Kept probabilities (ForwardArgs::probs, BackwardArgs::probs): a training caller may give the
+// forward a [B, H, L / C, C, 2C] T buffer; the softmax writes P there instead of over S, and the
+// backward then skips the logit GEMMs and reads P instead of recomputing it from S and the lse
+// (its row kernel moves 2 C^2 (2 |T| + 4) bytes a chunk instead of 2 C^2 (2 |T| + 8), and it needs
+// no S buffer, so its groups are twice as large). The price is 2 C^2 elements of T per chunk and
+// head of activation memory, the matrices the authors keep too.
+//
 // Everything else (tail / decode calls, C not a multiple of 64, windows wider than 8192 keys)
 // goes to the flash kernels of launch.cuh through the same entry points.
 #pragma once
@@ -89,14 +96,20 @@ bool outputs_aligned(const BackwardArgs<T>& a) {
          detail::aligned16(a.dv) && detail::aligned16(a.dprev_k) && detail::aligned16(a.dprev_v);
 }
 
-// Whether the GEMM-staged path takes the call: the full path, chunks of 64k keys up to 4096,
-// RoPE frequencies that fit the kernels' table, and 16-byte aligned rows (tensor-core GEMMs).
+// The GEMM-staged path's size conditions: chunks of 64k keys up to 4096 and RoPE frequencies that
+// fit the kernels' table.
+inline bool shapes_fit(std::int64_t C, std::int64_t dk, int n_rope_heads) {
+  return C % 64 == 0 && 2 * C <= kernels::kRowMaxVec * 4 * kernels::kRowThreads &&
+         (n_rope_heads == 0 || dk / 2 <= kernels::kMaxPairs);
+}
+
+// Whether the GEMM-staged path takes the call: the full path, shapes_fit, and 16-byte aligned rows
+// (tensor-core GEMMs).
 template <class T, class A>
 bool applies(const A& a, const Problem& p) {
   if constexpr (std::is_same_v<T, double>) return false;
-  if (p.tail || p.chunk % 64 != 0 || 2 * p.chunk > kernels::kRowMaxVec * 4 * kernels::kRowThreads) return false;
+  if (p.tail || !shapes_fit(p.chunk, p.dk, p.n_rope_heads)) return false;
   if (p.prev != 0 && p.prev != p.chunk) return false;
-  if (p.n_rope_heads > 0 && p.dk / 2 > kernels::kMaxPairs) return false;
   return views_fit(a, p) && detail::inputs_aligned(a) && outputs_aligned(a);
 }
 
@@ -109,13 +122,16 @@ struct Plan {
 
 inline std::size_t align256(std::size_t v) { return (v + 255) / 256 * 256; }
 
+// kept_probs: a backward that reads the forward's probabilities (no logit buffer S).
 template <class T>
 Plan make_plan(const linear::cuda::Context& ctx, const Problem& p, bool backward, bool need_forward,
-               const GemmOptions& o) {
+               const GemmOptions& o, bool kept_probs = false) {
   Plan pl;
   const i64 C = p.chunk, nc = p.length / C;
   pl.chunk_stride = C * 2 * C;
-  const std::size_t per_chunk = static_cast<std::size_t>(pl.chunk_stride) * 4 * (backward ? 2 : 1);
+  const bool with_s = !(backward && kept_probs);
+  const std::size_t per_chunk =
+      static_cast<std::size_t>(pl.chunk_stride) * 4 * ((with_s ? 1 : 0) + (backward ? 1 : 0));
   pl.group = static_cast<int>(std::clamp<i64>(static_cast<i64>(o.group_bytes / per_chunk), 1, nc));
   std::size_t off = 0;
   auto take = [&off](std::size_t bytes) {
@@ -130,7 +146,7 @@ Plan make_plan(const linear::cuda::Context& ctx, const Problem& p, bool backward
     pl.krot = take(rot);
   }
   const std::size_t group_floats = static_cast<std::size_t>(pl.group) * pl.chunk_stride;
-  pl.s = take(group_floats * 4);
+  if (with_s) pl.s = take(group_floats * 4);
   const std::size_t BH = static_cast<std::size_t>(p.batch * p.heads);
   if (backward) {
     pl.dp = take(group_floats * 4);
@@ -323,6 +339,13 @@ constexpr i64 t_per_float() {
 
 }  // namespace gemm_detail
 
+// Whether a call of L tokens with no carried chunk can keep its probabilities (ForwardArgs::probs)
+// on the GEMM-staged path, by its sizes; 16-byte aligned rows are the caller's part. A training
+// caller allocates B H L 2C elements of T for them when this holds.
+inline bool keeps_probs(std::int64_t L, std::int64_t C, std::int64_t dk, int n_rope_heads) {
+  return C > 0 && L >= C && L % C == 0 && gemm_detail::shapes_fit(C, dk, n_rope_heads);
+}
+
 // Bytes of workspace forward(ctx, ...) needs (the flash path's when the GEMM path does not apply).
 template <class T>
 Status forward_workspace_size(const linear::cuda::Context& ctx, const ForwardArgs<T>& a, std::size_t& bytes,
@@ -351,17 +374,24 @@ Status forward(linear::cuda::Context& ctx, const ForwardArgs<T>& a, void* worksp
   float* S = reinterpret_cast<float*>(ws + pl.s);
   const kernels::i64 C = p.chunk, cs = pl.chunk_stride, tpf = gemm_detail::t_per_float<T>();
   const int nc = static_cast<int>(p.length / C);
-  const T* Pm = reinterpret_cast<const T*>(S);  // probabilities, T, ld 2C * tpf
-  const kernels::i64 ldp = 2 * C * tpf, csp = cs * tpf;
+  // Probabilities (T): in place over S (ld 2C * tpf), or the caller's kept ones (ld 2C).
+  const bool kept = !a.probs.empty();
+  const kernels::i64 ldp = kept ? 2 * C : 2 * C * tpf, csp = kept ? cs : cs * tpf;
   for (std::int64_t b = 0; b < p.batch; ++b) {
     for (std::int64_t h = 0; h < p.heads; ++h) {
       const gemm_detail::Mat v = gemm_detail::head_mat(a.v, b, h);
       T* out = gemm_detail::head_ptr(a.out, b, h);
       const kernels::i64 ldo = a.out.strides[1];
+      T* probs_bh = kept ? a.probs.data + (b * p.heads + h) * nc * cs : nullptr;
       for (int c0 = 0; c0 < nc; c0 += pl.group) {
         const int c1 = std::min(nc, c0 + pl.group);
+        const T* Pm = kept ? probs_bh + c0 * cs : reinterpret_cast<const T*>(S);
         GECKO_RETURN_IF_ERROR(gemm_detail::logits(st, op, p, a.scale, b, h, c0, c1, S, cs));
         kernels::ChunkRows r = gemm_detail::chunk_rows(a, p, S, cs, c0, static_cast<int>(b), static_cast<int>(h));
+        if (kept) {
+          r.probs = probs_bh + c0 * cs;
+          r.probs_cs = cs;
+        }
         if (!a.lse.empty()) {
           r.lse = a.lse.data;
           r.lse_sb = a.lse.strides[0];
@@ -389,7 +419,8 @@ Status backward_workspace_size(const linear::cuda::Context& ctx, const BackwardA
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
   if (!gemm_detail::applies<T>(a, p)) return backward_workspace_size(a, bytes);
-  bytes = gemm_detail::make_plan<T>(ctx, p, true, a.out.empty() || a.lse.empty(), o).total;
+  const bool kept = !a.probs.empty();
+  bytes = gemm_detail::make_plan<T>(ctx, p, true, !kept && (a.out.empty() || a.lse.empty()), o, kept).total;
   return Status::success();
 }
 
@@ -400,8 +431,9 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kDevice, p));
   if (!gemm_detail::applies<T>(a, p)) return backward(a, workspace, workspace_bytes, stream);
   GECKO_RETURN_IF_ERROR(ctx.check_ready());
-  const bool need_forward = a.out.empty() || a.lse.empty();
-  const gemm_detail::Plan pl = gemm_detail::make_plan<T>(ctx, p, true, need_forward, o);
+  const bool kept = !a.probs.empty();  // the forward's probabilities (validate: then out is given)
+  const bool need_forward = !kept && (a.out.empty() || a.lse.empty());
+  const gemm_detail::Plan pl = gemm_detail::make_plan<T>(ctx, p, true, need_forward, o, kept);
   GECKO_RETURN_IF_ERROR(
       linear::cuda::detail::check_workspace(workspace, workspace_bytes, pl.total, "sliding chunk attention backward"));
   char* ws = static_cast<char*>(workspace);
@@ -440,8 +472,8 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
   float* S = reinterpret_cast<float*>(ws + pl.s);
   float* dP = reinterpret_cast<float*>(ws + pl.dp);
   const kernels::i64 C = p.chunk, cs = pl.chunk_stride, tpf = gemm_detail::t_per_float<T>();
-  const kernels::i64 ldp = 2 * C * tpf, csp = cs * tpf;
-  const T* Pm = reinterpret_cast<const T*>(S);
+  const kernels::i64 lds = 2 * C * tpf, css = cs * tpf;  // dS (T) over dP
+  const kernels::i64 ldp = kept ? 2 * C : lds, csp = kept ? cs : css;  // P (T): over S, or the kept ones
   const T* dS = reinterpret_cast<const T*>(dP);
   const int nc = static_cast<int>(p.length / C);
   const bool want_dprev_k = p.prev > 0 && !a.dprev_k.empty();
@@ -455,10 +487,12 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
       T* dk = gemm_detail::head_ptr(a.dk, b, h);
       T* dv = gemm_detail::head_ptr(a.dv, b, h);
       const kernels::i64 lddq = a.dq.strides[1], lddk = a.dk.strides[1], lddv = a.dv.strides[1];
+      const T* probs_bh = kept ? a.probs.data + (b * p.heads + h) * nc * cs : nullptr;
       for (int c0 = 0; c0 < nc; c0 += pl.group) {
         const int c1 = std::min(nc, c0 + pl.group), n = c1 - c0;
         const int first = std::max(c0, 1), nf = c1 - first;
-        GECKO_RETURN_IF_ERROR(gemm_detail::logits(st, op, p, a.scale, b, h, c0, c1, S, cs));
+        const T* Pm = kept ? probs_bh + c0 * cs : reinterpret_cast<const T*>(S);
+        if (!kept) GECKO_RETURN_IF_ERROR(gemm_detail::logits(st, op, p, a.scale, b, h, c0, c1, S, cs));
         // dP = dO_c Vw_c^T: column-major dP^T (2C x C) = V (op T of dv x 2C) dO^T (dv x C).
         gemm_detail::Mat pv, pk;
         if (p.prev > 0) {
@@ -474,28 +508,32 @@ Status backward(linear::cuda::Context& ctx, const BackwardArgs<T>& a, void* work
         r.lse_sl = lse.sl;
         r.dp = dP;
         r.D = dbuf;
+        if (kept) {
+          r.probs = const_cast<T*>(Pm);
+          r.probs_cs = cs;
+        }
         kernels::chunk_softmax_grad_kernel<T>
             <<<dim3(static_cast<unsigned>(C), static_cast<unsigned>(n)), kernels::kRowThreads, 0, stream>>>(r);
         GECKO_RETURN_IF_ERROR(last_launch_status("sliding_chunk_attention chunk softmax gradient"));
 
         // dQ_c = scale dS Kw_c: column-major dQ^T (dk x C) = K^T (dk x 2C) dS^T (2C x C).
-        GECKO_RETURN_IF_ERROR(gemm_detail::window_apply<T>(st, p, km, p.prev > 0 ? &pk : nullptr, p.dk, dS, ldp, csp,
+        GECKO_RETURN_IF_ERROR(gemm_detail::window_apply<T>(st, p, km, p.prev > 0 ? &pk : nullptr, p.dk, dS, lds, css,
                                                            a.scale, c0, c1, dq, lddq));
         // Key chunk c's own part: dK_c = scale dS[:, C:]^T Q_c, dV_c = P[:, C:]^T dO_c
         // (column-major dK^T (dk x C) = Q^T (dk x C) (dS^T rows C..2C)^T).
-        GECKO_RETURN_IF_ERROR(gemm_detail::own_keys<T>(st, p, qm, p.dk, dS, ldp, csp, a.scale, 0.f, c0, n, dk, lddk));
+        GECKO_RETURN_IF_ERROR(gemm_detail::own_keys<T>(st, p, qm, p.dk, dS, lds, css, a.scale, 0.f, c0, n, dk, lddk));
         GECKO_RETURN_IF_ERROR(gemm_detail::own_keys<T>(st, p, dO, p.dv, Pm, ldp, csp, 1.f, a.accumulate_dv ? 1.f : 0.f,
                                                        c0, n, dv, lddv));
         // The previous key chunk's part, seen by chunk c >= 1, accumulated in chunk order.
         GECKO_RETURN_IF_ERROR(st.run(ty, ty, false, true, p.dk, C, C, gemm_detail::rows_at<T>(qm, first * C), qm.ld,
-                                     C * qm.ld, dS + (first - c0) * csp, ldp, csp, dk + (first - 1) * C * lddk, lddk,
+                                     C * qm.ld, dS + (first - c0) * css, lds, css, dk + (first - 1) * C * lddk, lddk,
                                      C * lddk, nf, a.scale, 1.f));
         GECKO_RETURN_IF_ERROR(st.run(ty, ty, false, true, p.dv, C, C, gemm_detail::rows_at<T>(dO, first * C), dO.ld,
                                      C * dO.ld, Pm + (first - c0) * csp, ldp, csp, dv + (first - 1) * C * lddv, lddv,
                                      C * lddv, nf, 1.f, 1.f));
         if (c0 == 0 && want_dprev_k) {
           T* dpk = gemm_detail::head_ptr(a.dprev_k, b, h);
-          GECKO_RETURN_IF_ERROR(st.run(ty, ty, false, true, p.dk, C, C, qm.p, qm.ld, 0, dS, ldp, 0, dpk,
+          GECKO_RETURN_IF_ERROR(st.run(ty, ty, false, true, p.dk, C, C, qm.p, qm.ld, 0, dS, lds, 0, dpk,
                                        a.dprev_k.strides[1], 0, 1, a.scale, 0.f));
         }
         if (c0 == 0 && want_dprev_v) {

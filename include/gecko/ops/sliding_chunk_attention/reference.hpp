@@ -109,6 +109,7 @@ template <class T>
 Status forward(const ForwardArgs<T>& a) {
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kHost, p));
+  if (!a.probs.empty()) return unsupported("sliding chunk attention (CPU): probs are kept only by the CUDA GEMM-staged path");
   if (a.cursor) return unsupported("sliding chunk attention (CPU): a decode cursor is device memory; pass rope.start and P");
   const std::vector<float> theta = a.rope.enabled() ? rope::cpu::inv_freqs(a.rope.base, p.dk) : std::vector<float>{};
   std::vector<double> prob, acc(p.dv);
@@ -137,6 +138,7 @@ template <class T>
 Status backward(const BackwardArgs<T>& a) {
   Problem p;
   GECKO_RETURN_IF_ERROR(validate(a, Memory::kHost, p));
+  if (!a.probs.empty()) return unsupported("sliding chunk attention (CPU): probs are kept only by the CUDA GEMM-staged path");
   const std::vector<float> theta = a.rope.enabled() ? rope::cpu::inv_freqs(a.rope.base, p.dk) : std::vector<float>{};
   const std::int64_t L = p.length, P = p.prev, dk = p.dk, dv = p.dv;
   std::vector<double> prob, dprob, gq(L * dk), gk((P + L) * dk), gv((P + L) * dv), g(dv);
