@@ -429,6 +429,28 @@ TEST_CASE("gpu linear with measured algorithm choice: same results, the caller's
 
 // Context::matmul's pointer-array batch: bf16 matrices at scattered addresses (no single stride
 // between them), fp32 D, against a host product; then the arguments it refuses.
+// A bf16 x bf16 -> fp32 column-major batch of `count` GEMMs whose A, B and D pointers are the
+// three consecutive arrays of `arrays` (device memory), 16-byte aligned matrices.
+linear::cuda::Gemm pointer_array_gemm(const void** arrays, I64 count, I64 m, I64 n, I64 k, I64 lda, I64 ldb,
+                                      I64 ldd) {
+  linear::cuda::Gemm g;
+  g.ab_type = CUDA_R_16BF;
+  g.cd_type = CUDA_R_32F;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = arrays;
+  g.lda = lda;
+  g.b = arrays + count;
+  g.ldb = ldb;
+  g.d = arrays + 2 * count;
+  g.ldd = ldd;
+  g.batch = static_cast<int>(count);
+  g.pointer_array = true;
+  g.matrix_alignment = 16;
+  return g;
+}
+
 TEST_CASE("gpu linear Context runs a pointer-array batch of GEMMs at arbitrary addresses") {
   auto& ctx = context();
   const I64 m = 72, n = 40, k = 96, count = 5, lda = m + 8, ldb = k, ldd = m + 4;
@@ -450,21 +472,8 @@ TEST_CASE("gpu linear Context runs a pointer-array batch of GEMMs at arbitrary a
   DeviceBuffer<const void*> arrays;
   arrays.upload(ptrs);
   DeviceBuffer<char> ws(ctx.gemm_workspace_bytes());
-  linear::cuda::Gemm g;
-  g.ab_type = CUDA_R_16BF;
-  g.cd_type = CUDA_R_32F;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = arrays.data();
-  g.lda = lda;
-  g.b = arrays.data() + count;
-  g.ldb = ldb;
-  g.d = arrays.data() + 2 * count;
-  g.ldd = ldd;
-  g.batch = static_cast<int>(count);
-  g.pointer_array = true;
-  g.matrix_alignment = 16;  // every offset above is a multiple of 8 bf16 / 4 floats
+  // (every offset above is a multiple of 8 bf16 / 4 floats: 16-byte aligned matrices)
+  const linear::cuda::Gemm g = pointer_array_gemm(arrays.data(), count, m, n, k, lda, ldb, ldd);
   const Status st = ctx.matmul(g, ws.data(), nullptr);
   REQUIRE_MESSAGE(st.ok(), st.to_string());
   const auto hd = d.download();
@@ -522,21 +531,7 @@ TEST_CASE("gpu linear measured choice times a pointer-array batch (beta = 0) int
   DeviceBuffer<const void*> arrays;
   arrays.upload(ptrs);
   DeviceBuffer<char> ws(measured.gemm_workspace_bytes());
-  linear::cuda::Gemm g;
-  g.ab_type = CUDA_R_16BF;
-  g.cd_type = CUDA_R_32F;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = arrays.data();
-  g.lda = m;
-  g.b = arrays.data() + count;
-  g.ldb = k;
-  g.d = arrays.data() + 2 * count;
-  g.ldd = m + ld_gap;
-  g.batch = static_cast<int>(count);
-  g.pointer_array = true;
-  g.matrix_alignment = 16;
+  const linear::cuda::Gemm g = pointer_array_gemm(arrays.data(), count, m, n, k, m, k, m + ld_gap);
   const Status st = measured.matmul(g, ws.data(), nullptr);
   REQUIRE_MESSAGE(st.ok(), st.to_string());
   const auto hd = d.download();
