@@ -621,4 +621,23 @@ TEST_CASE("sliding chunk attention rejects bad arguments with a message naming t
   g.dq = host_view(dq, {B, L, H, dk});
   g.lse = host_view(lse, {B, H, L + 1});
   CHECK(sca::cpu::backward(g).message().find("lse has shape") != std::string::npos);
+  g.lse = {};
+
+  // Kept probabilities: shape [B, H, L/C, C, 2C], dense, a whole number of chunks, out alongside in
+  // the backward; and only the CUDA GEMM-staged path keeps them.
+  std::vector<float> probs(B * H * L * 2 * C);
+  reset();
+  f.probs = TensorView<float>::host(probs.data(), {B, H, L / C, C, 2 * C});
+  has("probs are kept only by the CUDA GEMM-staged path");
+  f.probs = TensorView<float>::host(probs.data(), {B, H, L / C, C, C});
+  has("probs has shape [2, 2, 2, 4, 4], expected [2, 2, 2, 4, 8]");
+  f.probs = TensorView<float>::strided(probs.data(), {B, H, L / C, C, 2 * C},
+                                       {H * L * 2 * C, L * 2 * C, C * 2 * C, 4 * C, 1}, Memory::kHost);
+  has("probs must be contiguous");
+  f.probs = TensorView<float>::device(probs.data(), {B, H, L / C, C, 2 * C});
+  has("probs lives in device memory");
+  g.probs = TensorView<const float>::host(probs.data(), {B, H, L / C, C, 2 * C});
+  CHECK(sca::cpu::backward(g).message().find("probs are given without out") != std::string::npos);
+  g.out = host_view(out, {B, L, H, dv});
+  CHECK(sca::cpu::backward(g).message().find("probs are kept only by the CUDA GEMM-staged path") != std::string::npos);
 }
