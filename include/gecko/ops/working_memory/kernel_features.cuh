@@ -185,6 +185,42 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 4>) query_rows_kernel(co
   }
 }
 
+// The 64-token key block a CTA of the key-row kernels owns (blockIdx over (b, h, absorb step a,
+// block kb)), and the chunk its keys come from (pc = -1: the carried prev_k).
+struct KeyBlock {
+  int kbn, kb, a, bh, b, h, pc;
+};
+__device__ __forceinline__ KeyBlock key_block(std::int64_t blk, std::int64_t C, int nabs, int H, int hs) {
+  KeyBlock k;
+  k.kbn = static_cast<int>(row_blocks(C));
+  k.kb = static_cast<int>(blk % k.kbn);
+  k.a = static_cast<int>((blk / k.kbn) % nabs);
+  k.bh = static_cast<int>(blk / (static_cast<std::int64_t>(k.kbn) * nabs));
+  k.b = k.bh / H;
+  k.h = k.bh % H;
+  k.pc = k.a - hs;
+  return k;
+}
+
+// A warp's 8 rows of the block, loaded raw (16 bytes a lane); masked: past the chunk's end (a
+// partial last block: neither read nor written) or outside the chunk's last document.
+template <class T>
+__device__ __forceinline__ void load_key_rows(const FeatParams& p, const KeyBlock& k, int warp, int lane,
+                                              RawRow<T> (&raw)[8], bool (&masked)[8]) {
+  std::int64_t doc = 0;
+  const bool docs = p.docs.last(k.b, k.pc, doc);
+#pragma unroll
+  for (int rr = 0; rr < 8; ++rr) {
+    const std::int64_t t = k.kb * kRowBlock + warp * 8 + rr;
+    masked[rr] = t >= p.chunk;
+    raw[rr] = RawRow<T>{};
+    if (t < p.chunk) {
+      load_raw<T>(key_row<T>(p, k.b, k.h, k.pc, t), lane, p.dk, raw[rr]);
+      masked[rr] = docs && p.docs.chunk_token(k.b, k.pc, t) != doc;
+    }
+  }
+}
+
 // Key rows: blocks (b, h, a, 64-token block): k̂ and the block's column statistics.
 template <class T>
 __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) key_rows_kernel(const __grid_constant__ FeatParams p) {
@@ -192,28 +228,12 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 3>) key_rows_kernel(cons
   const int dk = p.dk;
   const bool active = lane_active(lane, dk);
   const std::int64_t C = p.chunk;
-  const std::int64_t blk = blockIdx.x;
   __shared__ float sm_m[8][256], sm_s[8][256];
-  const int kbn = static_cast<int>(row_blocks(C));
-  const int kb = static_cast<int>(blk % kbn);
-  const int a = static_cast<int>((blk / kbn) % p.nabs);
-  const int bh = static_cast<int>(blk / (static_cast<std::int64_t>(kbn) * p.nabs));
-  const int b = bh / p.H, h = bh % p.H;
-  const int pc = a - p.hs;  // the source chunk (-1: prev_k)
-  std::int64_t doc = 0;
-  const bool docs = p.docs.last(b, pc, doc);
+  const KeyBlock k = key_block(blockIdx.x, C, p.nabs, p.H, p.hs);
+  const int kbn = k.kbn, kb = k.kb, a = k.a, bh = k.bh;
   RawRow<T> raw[8];
-  bool masked[8];  // also the rows past the chunk's end (a partial last block): neither read nor written
-#pragma unroll
-  for (int rr = 0; rr < 8; ++rr) {
-    const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
-    masked[rr] = t >= C;
-    raw[rr] = RawRow<T>{};
-    if (t < C) {
-      load_raw<T>(key_row<T>(p, b, h, pc, t), lane, dk, raw[rr]);
-      masked[rr] = docs && p.docs.chunk_token(b, pc, t) != doc;
-    }
-  }
+  bool masked[8];
+  load_key_rows<T>(p, k, warp, lane, raw, masked);
   T* khat = static_cast<T*>(p.khat) + ((static_cast<std::int64_t>(bh) * p.nabs + a) * C) * dk;
   float cm[8], cs[8];
 #pragma unroll
@@ -348,20 +368,14 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 4>) kappa_kernel(const _
   const int dk = p.dk;
   const bool active = lane_active(lane, dk);
   const std::int64_t C = p.chunk;
-  const int kbn = static_cast<int>(row_blocks(C));
-  const std::int64_t blk = blockIdx.x;
-  const int kb = static_cast<int>(blk % kbn);
-  const int a = static_cast<int>((blk / kbn) % p.nabs);
-  const int bh = static_cast<int>(blk / (static_cast<std::int64_t>(kbn) * p.nabs));
-  const int b = bh / p.H, h = bh % p.H;
-  const int pc = a - p.hs;
-  std::int64_t doc = 0;
-  const bool docs = p.docs.last(b, pc, doc);
+  const KeyBlock k = key_block(blockIdx.x, C, p.nabs, p.H, p.hs);
+  const int kb = k.kb, a = k.a, bh = k.bh;
   const float* ell = p.ell + (static_cast<std::int64_t>(bh) * p.nabs + a) * dk;
   float l[8];
 #pragma unroll
   for (int e = 0; e < 8; ++e) l[e] = active ? shift_of<T>(ell[8 * lane + e]) : 0.f;
-  FeatParams fp;  // key_row's view of the sources
+  FeatParams fp;  // load_key_rows' view of the sources
+  fp.dk = dk;
   fp.chunk = C;
   fp.ak = p.ak;
   fp.ak_sb = p.ak_sb;
@@ -371,17 +385,10 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 4>) kappa_kernel(const _
   fp.pk_sb = p.pk_sb;
   fp.pk_sh = p.pk_sh;
   fp.pk_st = p.pk_st;
+  fp.docs = p.docs;
   RawRow<T> raw[8];
   bool masked[8];
-#pragma unroll
-  for (int rr = 0; rr < 8; ++rr) {
-    const std::int64_t t = kb * kRowBlock + warp * 8 + rr;
-    masked[rr] = false;
-    if (t < C) {
-      load_raw<T>(key_row<T>(fp, b, h, pc, t), lane, dk, raw[rr]);
-      masked[rr] = docs && p.docs.chunk_token(b, pc, t) != doc;
-    }
-  }
+  load_key_rows<T>(fp, k, warp, lane, raw, masked);
   T* kappa = static_cast<T*>(p.kappa) + ((static_cast<std::int64_t>(bh) * p.nabs + a) * C) * dk;
 #pragma unroll
   for (int rr = 0; rr < 8; ++rr) {
