@@ -778,6 +778,12 @@ TEST_CASE("gpu sliding chunk attention, GEMM-staged path: bad arguments") {
     const Status s = sca::cuda::forward_workspace_size(flash, b);
     CHECK(s.code() == StatusCode::kUnsupported);
     CHECK(s.message().find("GEMM-staged") != std::string::npos);
+    auto misaligned = f;  // nor a buffer the row kernels cannot move in 16-byte pieces
+    DeviceBuffer<T> wide(L * 2 * C + 8);
+    misaligned.probs = TensorView<T>::device(wide.data() + 1, {1, 1, L / C, C, 2 * C});
+    const Status m = sca::cuda::forward(gemm_context(), misaligned, ws.data(), ws.size(), nullptr);
+    CHECK(m.code() == StatusCode::kUnsupported);
+    CHECK(m.message().find("16-byte aligned") != std::string::npos);
     auto tail = flash;  // nor does a tail call through the GEMM entry point (it goes to them)
     tail.chunk = 2 * L;
     tail.probs = probs.view({1, 1, 1, L, 2 * L});

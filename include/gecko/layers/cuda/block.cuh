@@ -44,12 +44,11 @@ namespace gecko::layers::cuda {
 
 struct Dims {
   std::int64_t B, L, D, Z, E, H, dz, dv, N, C, G, F;
-  bool sca_probs;  // the attention can keep its probabilities for the backward (by its sizes)
+  int n_rope;  // heads the attention rotates
   std::int64_t rows() const { return B * L; }
   static Dims of(const GeckoConfig& c, std::int64_t B, std::int64_t L) {
     return Dims{B, L, c.model_dim, c.z_dim, c.value_dim, c.num_heads, c.z_head_dim(), c.v_head_dim(),
-                c.cema_ndim, c.chunk_size, c.timenorm_num_groups, c.ffn_hidden_dim,
-                sliding_chunk_attention::cuda::keeps_probs(L, c.chunk_size, c.z_head_dim(), c.rope(0).n_rope_heads)};
+                c.cema_ndim, c.chunk_size, c.timenorm_num_groups, c.ffn_hidden_dim, c.rope(0).n_rope_heads};
   }
 };
 
@@ -97,8 +96,7 @@ struct BlockActivations {
       s.wm_saved.bytes = working_memory::cuda::saved_bytes_for<T>(d.B, d.L, d.H, d.dz, d.dv, d.C);
       s.wm_saved.data = act.take<char>(s.wm_saved.bytes);
     }
-    // (the GEMM-staged attention also needs 16-byte rows: heads of whole 16-byte words)
-    const bool probs = training && d.sca_probs && d.dz * sizeof(T) % 16 == 0 && d.dv * sizeof(T) % 16 == 0;
+    const bool probs = training && sliding_chunk_attention::cuda::keeps_probs<T>(d.L, d.C, d.dz, d.dv, d.n_rope);
     s.sca_probs = probs ? act.take<T>(static_cast<std::size_t>(d.rows()) * d.H * 2 * d.C) : nullptr;
     return s;
   }

@@ -10,6 +10,7 @@
 // and the gradient reads P from there instead of recomputing it from S and the lse.
 #pragma once
 
+#include "gecko/core/vector_io.cuh"
 #include "gecko/ops/sliding_chunk_attention/kernel_prep.cuh"  // Theta, rope_cos_sin, Rows
 
 namespace gecko::sliding_chunk_attention::kernels {
@@ -65,32 +66,6 @@ __device__ __forceinline__ float block_reduce(float v, float* red, Op op) {
   return r;
 }
 
-template <class T>
-__device__ __forceinline__ void store4(T* dst, const float (&v)[4]) {
-  if constexpr (sizeof(T) == 2) {
-    uint2 w;
-    w.x = pack2<T>(v[0], v[1]);
-    w.y = pack2<T>(v[2], v[3]);
-    *reinterpret_cast<uint2*>(dst) = w;
-  } else {
-#pragma unroll
-    for (int u = 0; u < 4; ++u) dst[u] = from_float<T>(v[u]);
-  }
-}
-
-template <class T>
-__device__ __forceinline__ void load4(const T* src, float (&v)[4]) {
-  if constexpr (sizeof(T) == 2) {
-    const uint2 w = *reinterpret_cast<const uint2*>(src);
-    const T* h = reinterpret_cast<const T*>(&w);
-#pragma unroll
-    for (int u = 0; u < 4; ++u) v[u] = to_float(h[u]);
-  } else {
-#pragma unroll
-    for (int u = 0; u < 4; ++u) v[u] = to_float(src[u]);
-  }
-}
-
 // P = softmax over the visible columns, written as T in place (or into the kept probabilities);
 // lse (natural log) per row.
 // grid (C, chunks in group), kRowThreads threads.
@@ -141,7 +116,7 @@ __global__ void __launch_bounds__(kRowThreads) chunk_softmax_kernel(ChunkRows a)
       float p[4];
 #pragma unroll
       for (int u = 0; u < 4; ++u) p[u] = v[it][u] * inv;
-      store4(prow + j0, p);
+      store_from_float(prow + j0, p);
     }
   }
   if (a.lse && threadIdx.x == 0)
@@ -171,7 +146,7 @@ __global__ void __launch_bounds__(kRowThreads) chunk_softmax_grad_kernel(ChunkRo
     if (j0 < width) {
       float xs[4];
       if (kept) {
-        load4(kept + j0, xs);
+        load_as_float(kept + j0, xs);
       } else {
         const float4 x = *reinterpret_cast<const float4*>(srow + j0);
         xs[0] = __expf(x.x - lse);
@@ -196,8 +171,8 @@ __global__ void __launch_bounds__(kRowThreads) chunk_softmax_grad_kernel(ChunkRo
   for (int it = 0; it < kRowMaxVec; ++it) {
     const int j0 = (it * kRowThreads + threadIdx.x) * 4;
     if (j0 < width) {
-      if (!kept) store4(prow + j0, p[it]);
-      store4(dsrow + j0, ds[it]);
+      if (!kept) store_from_float(prow + j0, p[it]);
+      store_from_float(dsrow + j0, ds[it]);
     }
   }
 }

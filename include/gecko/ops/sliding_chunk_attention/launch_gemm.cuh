@@ -86,14 +86,17 @@ bool views_fit(const A& a, const Problem& p) {
   return fits(a.q, p.dk) && fits(a.k, p.dk) && fits(a.v, p.dv) && fits(a.prev_k, p.dk) && fits(a.prev_v, p.dv);
 }
 
+// The outputs, and the backward's saved tensors, 16-byte aligned (kept probabilities included:
+// the row kernels move them in 4-element vectors).
 template <class T>
 bool outputs_aligned(const ForwardArgs<T>& a) {
-  return detail::aligned16(a.out);
+  return detail::aligned16(a.out) && detail::aligned16(a.probs);
 }
 template <class T>
 bool outputs_aligned(const BackwardArgs<T>& a) {
-  return detail::aligned16(a.out) && detail::aligned16(a.dout) && detail::aligned16(a.dq) && detail::aligned16(a.dk) &&
-         detail::aligned16(a.dv) && detail::aligned16(a.dprev_k) && detail::aligned16(a.dprev_v);
+  return detail::aligned16(a.out) && detail::aligned16(a.probs) && detail::aligned16(a.dout) &&
+         detail::aligned16(a.dq) && detail::aligned16(a.dk) && detail::aligned16(a.dv) &&
+         detail::aligned16(a.dprev_k) && detail::aligned16(a.dprev_v);
 }
 
 // The GEMM-staged path's size conditions: chunks of 64k keys up to 4096 and RoPE frequencies that
@@ -339,11 +342,15 @@ constexpr i64 t_per_float() {
 
 }  // namespace gemm_detail
 
-// Whether a call of L tokens with no carried chunk can keep its probabilities (ForwardArgs::probs)
-// on the GEMM-staged path, by its sizes; 16-byte aligned rows are the caller's part. A training
-// caller allocates B H L 2C elements of T for them when this holds.
-inline bool keeps_probs(std::int64_t L, std::int64_t C, std::int64_t dk, int n_rope_heads) {
-  return C > 0 && L >= C && L % C == 0 && gemm_detail::shapes_fit(C, dk, n_rope_heads);
+// Whether a call of L tokens with no carried chunk, on dense [B, L, H, d] tensors and buffers from
+// 16-byte aligned allocations, can keep its probabilities (ForwardArgs::probs) on the GEMM-staged
+// path: its sizes fit, and heads of dk and dv elements are whole 16-byte words (aligned rows). A
+// training caller allocates B H L 2C elements of T for them when this holds.
+template <class T>
+bool keeps_probs(std::int64_t L, std::int64_t C, std::int64_t dk, std::int64_t dv, int n_rope_heads) {
+  if constexpr (std::is_same_v<T, double>) return false;
+  const auto words = [](std::int64_t d) { return d * static_cast<std::int64_t>(sizeof(T)) % 16 == 0; };
+  return C > 0 && L >= C && L % C == 0 && gemm_detail::shapes_fit(C, dk, n_rope_heads) && words(dk) && words(dv);
 }
 
 // Bytes of workspace forward(ctx, ...) needs (the flash path's when the GEMM path does not apply).

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "gecko/core/vector_io.cuh"
 #include "gecko/ops/working_memory/kernel_common.cuh"
 
 namespace gecko::working_memory::kernels {
@@ -95,18 +96,6 @@ __device__ __forceinline__ void widen(const RawRow<T>& r, bool active, float (&x
   }
 }
 
-// Writes 8 consecutive values (this lane's features) as T: one 16-byte store (two for fp32).
-template <class T>
-__device__ __forceinline__ void store_row8(T* dst, const float (&y)[8]) {
-  RawRow<T> out;
-#pragma unroll
-  for (int k = 0; k < 4; ++k) store2<T>(reinterpret_cast<T*>(&out.w[k]), y[2 * k], y[2 * k + 1]);
-  uint4* d = reinterpret_cast<uint4*>(dst);
-  const uint4* s = reinterpret_cast<const uint4*>(out.w);
-  d[0] = s[0];
-  if constexpr (sizeof(out.w) == 32) d[1] = s[1];
-}
-
 // e^(x - m) as exp_shift<T>(x, shift_of<T>(m)): for 16-bit T the hardware's base-2 exponential of
 // x log2 e - m log2 e, one FMA and one MUFU (its ~2 ulp error and the FMA's rounding vanish in a
 // 16-bit result; a quarter of expf's instructions); expf(x - m) for fp32.
@@ -146,7 +135,7 @@ __device__ __forceinline__ void softmax_row(const float (&x)[8], bool active, bo
   const float inv = zero ? 0.f : __frcp_rn(warp_sum(s));  // = 1 / sum, without the division's sequence
 #pragma unroll
   for (int e = 0; e < 8; ++e) y[e] *= inv;
-  if (write) store_row8<T>(dst, y);
+  if (write) store_from_float<T, 8>(dst, y);
 }
 
 // Query rows: blocks (b, h, 64-query block), B * H * q_blocks of them. The query and key rows are
@@ -399,7 +388,7 @@ __global__ void __launch_bounds__(kThreads, kRowCtas<T, 4>) kappa_kernel(const _
     widen<T>(raw[rr], true, x);
 #pragma unroll
     for (int e = 0; e < 8; ++e) y[e] = masked[rr] ? 0.f : exp_shift<T>(x[e], l[e]);
-    store_row8<T>(kappa + t * dk + 8 * lane, y);
+    store_from_float<T, 8>(kappa + t * dk + 8 * lane, y);
   }
 }
 
