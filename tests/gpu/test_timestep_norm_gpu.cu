@@ -222,6 +222,11 @@ void run_suite() {
       {2, 130, 48, 3, 0.1, 0.1, true, true},          // group size 16, 3 groups
       {1, 64, 96, 2, 0.0, 0.0, false, true},          // group size 48 (scalar path for 16-bit)
       {1, 200, 128, 8, 0.3, 0.0, false, true, 0.9, 0.99},  // many resets, fast betas
+      // Long look-back chains and more group widths.
+      {1, 4099, 4096, 64, 0.001, 0.01, true, true},   // 7B grouping, look-back over long slab chains
+      {2, 77, 256, 2, 0.1, 0.1, true, true},          // groups of 128 channels
+      {1, 100, 64, 8, 0.05, 0.0, true, true},         // groups of 8 channels
+      {3, 1000, 1024, 16, 0.01, 0.02, false, false},  // several batch rows, no affine
   };
   for (const auto& c : cases) run_case<T>(c, seed += 17);
 }
