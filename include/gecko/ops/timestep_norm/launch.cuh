@@ -1,8 +1,10 @@
 // Host launchers for the timestep decay normalization CUDA kernels: validation, tiling,
 // workspace. Stream-ordered; never synchronizes or allocates. A forward of at most 8 tokens with
-// groups of 32 to 256 channels (a multiple of 32) runs kernel_decode.cuh instead of the tiles.
+// groups of 32 to 256 channels (a multiple of 32) runs kernel_decode.cuh instead of the tiles; on
+// sm_90 the forward of 16-byte rows and groups of 1..16 words runs kernel_rows.cuh.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cuda_runtime.h>
 
@@ -12,6 +14,7 @@
 #include "gecko/ops/timestep_norm/args.hpp"
 #include "gecko/ops/timestep_norm/kernel.cuh"
 #include "gecko/ops/timestep_norm/kernel_decode.cuh"
+#include "gecko/ops/timestep_norm/kernel_rows.cuh"
 
 namespace gecko::timestep_norm::cuda {
 
@@ -29,10 +32,41 @@ using gecko::align_up;
 struct Plan {
   kernels::Tiling tl{};
   int vec = 1;
+  int rows_kv = 0;  // > 0: the forward of kernel_rows.cuh, groups of rows_kv 16-byte words
+  int pitch = 0;
   std::size_t smem = 0;
   std::size_t flags_bytes = 0;  // ticket + flags: zeroed before every launch
   std::size_t agg_offset = 0, incl_offset = 0, partial_offset = 0, total = 0;
 };
+
+// Switches a forward plan to kernel_rows.cuh where it applies: an sm_90 device (bulk copies), the
+// 16-byte path, groups of 1, 2, 4, 8 or 16 words, and a slab of at most 32 whole groups and 1 KiB
+// per row whose 16-byte words divide the 256 threads. Tiles are 64 tokens. The workspace is
+// planned for the device current at the size query: query it on the device that runs the call.
+template <class T>
+void plan_rows(Plan& pl) {
+  kernels::Tiling& tl = pl.tl;
+  const DeviceInfo* dev = nullptr;
+  if (!current_device_info(&dev).ok() || dev->major < 9) return;
+  constexpr int V = kVec16<T>;
+  if (pl.vec != V || tl.group_size % V != 0) return;
+  const int kv = tl.group_size / V;
+  if (kv != 1 && kv != 2 && kv != 4 && kv != 8 && kv != 16) return;
+  int gt = 0;
+  for (int d = 1; d <= std::min(tl.groups, 32); ++d) {
+    const long long dc = static_cast<long long>(d) * tl.group_size;
+    if (tl.groups % d == 0 && dc * static_cast<long long>(sizeof(T)) <= 1024 && 256 % (dc / V) == 0) gt = d;
+  }
+  if (gt == 0) return;
+  pl.rows_kv = kv;
+  tl.slab_groups = gt;
+  tl.slab_channels = gt * tl.group_size;
+  tl.slabs = tl.channels / tl.slab_channels;
+  tl.tile_tokens = kernels::kRowsTile;
+  tl.time_tiles = (tl.length + kernels::kRowsTile - 1) / kernels::kRowsTile;
+  pl.pitch = tl.slab_channels + V;
+  pl.smem = kernels::rows_smem_bytes<T>(pl.pitch, gt);
+}
 
 template <class T>
 Plan make_plan(const Problem& p, bool backward, bool partials, std::initializer_list<const void*> ptrs,
@@ -78,12 +112,15 @@ Plan make_plan(const Problem& p, bool backward, bool partials, std::initializer_
                      (!backward || 2 * (256 / words) * 4 <= 2 * tl.tile_tokens * static_cast<int>(sizeof(T)));
   }
 
+  if (!backward) plan_rows<T>(pl);
+
   const std::size_t tile_elems = static_cast<std::size_t>(tl.tile_tokens) * tl.slab_channels;
   const std::size_t pairs = static_cast<std::size_t>(tl.tile_tokens) * tl.slab_groups;
   const std::size_t agg_bytes = backward ? sizeof(kernels::AdjointAggregate) : sizeof(kernels::Aggregate);
-  pl.smem = (backward ? 2 : 1) * tile_elems * sizeof(T) + (backward ? 6 : 3) * pairs * 4 + 8 +
-            (backward ? 8 * static_cast<std::size_t>(tl.tile_tokens) + 24 : 0) +
-            static_cast<std::size_t>(tl.slab_groups) * (16 + (kernels::kWindow + 1) * agg_bytes);
+  if (pl.rows_kv == 0)
+    pl.smem = (backward ? 2 : 1) * tile_elems * sizeof(T) + (backward ? 6 : 3) * pairs * 4 + 8 +
+              (backward ? 8 * static_cast<std::size_t>(tl.tile_tokens) + 24 : 0) +
+              static_cast<std::size_t>(tl.slab_groups) * (16 + (kernels::kWindow + 1) * agg_bytes);
 
   const std::size_t tiles = static_cast<std::size_t>(tl.time_tiles) * tl.batch * tl.slabs;
   const std::size_t agg_size = backward ? sizeof(kernels::AdjointAggregate) : sizeof(kernels::Aggregate);
@@ -146,6 +183,35 @@ template <class K>
 Status tile_grid(K, const Plan& pl, unsigned& grid) {
   grid = static_cast<unsigned>(static_cast<long long>(pl.tl.time_tiles) * pl.tl.batch * pl.tl.slabs);
   return Status::success();
+}
+
+template <class T, int KV>
+Status launch_rows_kv(const kernels::ForwardParams& kp, const kernels::RowsConfig& cfg, const Plan& pl,
+                      const ForwardArgs<T>& a, cudaStream_t stream) {
+  auto kernel = kernels::forward_rows_kernel<T, KV>;
+  GECKO_RETURN_IF_ERROR(allow_dynamic_smem(kernel, pl.smem));
+  unsigned grid = 0;
+  GECKO_RETURN_IF_ERROR(tile_grid(kernel, pl, grid));
+  kernel<<<grid, 256, pl.smem, stream>>>(kp, cfg, a.x.data, a.weight.data, a.bias.data, a.y.data);
+  return last_launch_status("timestep_norm forward");
+}
+
+template <class T>
+Status launch_rows(const kernels::ForwardParams& kp, const Plan& pl, const ForwardArgs<T>& a, cudaStream_t stream) {
+  kernels::RowsConfig cfg{};
+  cfg.pitch = pl.pitch;
+  for (int n = 0; n <= kernels::kRowsTile; ++n) {  // beta^n in double, rounded once
+    cfg.pw1[n] = static_cast<float>(std::pow(static_cast<double>(a.beta1), n));
+    cfg.pw2[n] = static_cast<float>(std::pow(static_cast<double>(a.beta2), n));
+  }
+  switch (pl.rows_kv) {
+    case 1: return launch_rows_kv<T, 1>(kp, cfg, pl, a, stream);
+    case 2: return launch_rows_kv<T, 2>(kp, cfg, pl, a, stream);
+    case 4: return launch_rows_kv<T, 4>(kp, cfg, pl, a, stream);
+    case 8: return launch_rows_kv<T, 8>(kp, cfg, pl, a, stream);
+    case 16: return launch_rows_kv<T, 16>(kp, cfg, pl, a, stream);
+    default: return internal_error("timestep norm: no row-per-lane forward for groups of " + std::to_string(pl.rows_kv) + " words");
+  }
 }
 
 }  // namespace detail
@@ -225,6 +291,7 @@ Status forward(const ForwardArgs<T>& a, const Saved& saved, void* workspace, std
         kp, a.x.data, a.weight.data, a.bias.data, a.y.data);
     return last_launch_status("timestep_norm forward (decode)");
   }
+  if (pl.rows_kv > 0) return detail::launch_rows(kp, pl, a, stream);
   unsigned grid = 0;
   if (pl.vec == 1) {
     GECKO_RETURN_IF_ERROR(allow_dynamic_smem(kernels::forward_kernel<T, 1>, pl.smem));
