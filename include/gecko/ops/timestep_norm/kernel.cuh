@@ -100,6 +100,57 @@ struct ForwardParams {
 
 __device__ __forceinline__ bool mask_at(const std::uint8_t* m, long long i) { return m && m[i] != 0; }
 
+// The carried state entering batch row b's first token for group g (zero without one).
+__device__ __forceinline__ ChainState initial_state(const ForwardParams& p, int b, int g) {
+  if (!p.prev_mean) return ChainState{0.f, 0.f, 0};
+  return ChainState{p.prev_mean[b * p.tl.groups + g], p.prev_var[b * p.tl.groups + g], p.prev_count[b]};
+}
+
+// The state after batch row b's last token for group g, where the caller asked for it.
+__device__ __forceinline__ void write_final_state(const ForwardParams& p, int b, int g, const ChainState& s) {
+  if (!p.mean_out) return;
+  p.mean_out[b * p.tl.groups + g] = s.m;
+  p.var_out[b * p.tl.groups + g] = s.v;
+  if (g == 0) p.count_out[b] = s.count;
+}
+
+// A (token, group)'s bias-corrected mean and rstd from its raw state (m, v) after `count` steps,
+// with the corrections 1 / (1 - beta^count): all zero on a padded token or before any step.
+struct Corrected {
+  float mhat, rstd, ic1, ic2;
+};
+__device__ __forceinline__ Corrected bias_correct(const ForwardParams& p, bool padded, long long count, float m,
+                                                  float v) {
+  Corrected c{0.f, 0.f, 0.f, 0.f};
+  if (!padded && count > 0) {
+    const float n = static_cast<float>(count);
+    c.ic1 = 1.f / -expm1f(n * p.d1.log_beta);
+    c.ic2 = 1.f / -expm1f(n * p.d2.log_beta);
+    c.mhat = m * c.ic1;
+    c.rstd = rsqrtf(v * c.ic2 + p.eps);
+  }
+  return c;
+}
+
+// Keeps them for the backward: token t (a row of all B * L), group g of all G.
+__device__ __forceinline__ void save_corrected(const ForwardParams& p, long long t, int g, const Corrected& c) {
+  if (p.saved_stats) p.saved_stats[t * p.tl.groups + g] = make_float2(c.mhat, c.rstd);
+  if (p.saved_corr && g == 0) p.saved_corr[t] = make_float2(c.ic1, c.ic2);
+}
+
+// The affine scale (weight + 1) and shift of the VEC channels from `c` (1 and 0 without them).
+template <class T, int VEC>
+__device__ __forceinline__ void load_affine(const T* weight, const T* bias, int c, float (&sc)[VEC], float (&sh)[VEC]) {
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) sc[j] = 1.f, sh[j] = 0.f;
+  if (weight) {
+    load_as_float<T, VEC>(weight + c, sc);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) sc[j] += 1.f;
+  }
+  if (bias) load_as_float<T, VEC>(bias + c, sh);
+}
+
 // Sum over the `lanes` lanes (a power of two) that share one (token, group) pair.
 __device__ __forceinline__ float pair_sum(float v, int lanes) {
   for (int off = lanes >> 1; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
@@ -302,10 +353,7 @@ __device__ void forward_tile(const ForwardParams& p, const T* __restrict__ weigh
   const int flag_index = tt * chains + chain;
   if (tt == 0) {
     if (threadIdx.x < Gt) {
-      const int g = slab * Gt + threadIdx.x;
-      ChainState st{0.f, 0.f, 0};
-      if (p.prev_mean) st = ChainState{p.prev_mean[b * tl.groups + g], p.prev_var[b * tl.groups + g], p.prev_count[b]};
-      s_prefix[threadIdx.x] = st;
+      s_prefix[threadIdx.x] = initial_state(p, b, slab * Gt + threadIdx.x);
     }
   } else {
     if (threadIdx.x < Gt) p.agg[static_cast<long long>(flag_index) * Gt + threadIdx.x] = own;
@@ -322,11 +370,8 @@ __device__ void forward_tile(const ForwardParams& p, const T* __restrict__ weigh
     const ChainState out = apply(s_prefix[threadIdx.x], own);
     if (tt + 1 < tl.time_tiles) {
       p.incl[static_cast<long long>(flag_index) * Gt + threadIdx.x] = out;
-    } else if (p.mean_out) {
-      const int g = slab * Gt + threadIdx.x;
-      p.mean_out[b * tl.groups + g] = out.m;
-      p.var_out[b * tl.groups + g] = out.v;
-      if (g == 0) p.count_out[b] = out.count;
+    } else {
+      write_final_state(p, b, slab * Gt + threadIdx.x, out);
     }
   }
   if (threadIdx.x < Gt) __threadfence();  // only the inclusive state's writers
@@ -343,18 +388,10 @@ __device__ void forward_tile(const ForwardParams& p, const T* __restrict__ weigh
     const long long count = reset ? -code : in.count + code;
     const float m = reset ? s_m[i] : fmaf(expf(code * p.d1.log_beta), in.m, s_m[i]);
     const float v = reset ? s_v[i] : fmaf(expf(code * p.d2.log_beta), in.v, s_v[i]);
-    float mhat = 0.f, rstd = 0.f, ic1 = 0.f, ic2 = 0.f;
-    if (!mask_at(p.pad, t) && count > 0) {
-      const float c = static_cast<float>(count);
-      ic1 = 1.f / -expm1f(c * p.d1.log_beta);
-      ic2 = 1.f / -expm1f(c * p.d2.log_beta);
-      mhat = m * ic1;
-      rstd = rsqrtf(v * ic2 + p.eps);
-    }
-    s_m[i] = mhat;
-    s_v[i] = rstd;
-    if (p.saved_stats) p.saved_stats[t * tl.groups + slab * Gt + gi] = make_float2(mhat, rstd);
-    if (p.saved_corr && slab == 0 && gi == 0) p.saved_corr[t] = make_float2(ic1, ic2);
+    const Corrected cs = bias_correct(p, mask_at(p.pad, t), count, m, v);
+    s_m[i] = cs.mhat;
+    s_v[i] = cs.rstd;
+    save_corrected(p, t, slab * Gt + gi, cs);
   }
   __syncthreads();
 
@@ -363,14 +400,7 @@ __device__ void forward_tile(const ForwardParams& p, const T* __restrict__ weigh
     const WordMap wm(tl, VEC);
     const int c = wm.word * VEC, gi = c / K;
     float sc[VEC], sh[VEC];
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) sc[j] = 1.f, sh[j] = 0.f;
-    if (weight) {
-      load_as_float<T, VEC>(weight + c0 + c, sc);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) sc[j] += 1.f;
-    }
-    if (bias) load_as_float<T, VEC>(bias + c0 + c, sh);
+    load_affine<T, VEC>(weight, bias, c0 + c, sc, sh);
     for (int r = wm.row0; r < lt; r += wm.row_step) {
       const Packed<T, VEC> pk = *reinterpret_cast<const Packed<T, VEC>*>(xs + r * Dc + c);
       const float mh = s_m[r * Gt + gi], rs = s_v[r * Gt + gi];

@@ -36,8 +36,7 @@ __global__ void __launch_bounds__(256) forward_decode_kernel(const __grid_consta
       if (bias) sh[e] = to_float(bias[c0 + lane + 32 * e]);
     }
   }
-  ChainState s{0.f, 0.f, 0};
-  if (p.prev_mean) s = ChainState{p.prev_mean[b * tl.groups + g], p.prev_var[b * tl.groups + g], p.prev_count[b]};
+  ChainState s = initial_state(p, b, g);
   for (int r = 0; r < tl.length; ++r) {
     const long long t = static_cast<long long>(b) * tl.length + r;
     const T* xr = x + b * p.x_sb + r * p.x_sl + c0;
@@ -63,28 +62,15 @@ __global__ void __launch_bounds__(256) forward_decode_kernel(const __grid_consta
                        fmaf(expf(p.d2.log_beta), s.v, p.d2.one_minus * var), s.count + 1};
       }
     }
-    float mhat = 0.f, rstd = 0.f, ic1 = 0.f, ic2 = 0.f;
-    if (!padded && s.count > 0) {
-      const float c = static_cast<float>(s.count);
-      ic1 = 1.f / -expm1f(c * p.d1.log_beta);
-      ic2 = 1.f / -expm1f(c * p.d2.log_beta);
-      mhat = s.m * ic1;
-      rstd = rsqrtf(s.v * ic2 + p.eps);
-    }
+    const Corrected cs = bias_correct(p, padded, s.count, s.m, s.v);
+    const float mhat = cs.mhat, rstd = cs.rstd;
     T* yr = y + b * p.y_sb + r * p.y_sl + c0;
 #pragma unroll
     for (int e = 0; e < kPer; ++e)
       if (e < per) yr[lane + 32 * e] = from_float<T>(padded ? 0.f : (xv[e] - mhat) * rstd * sc[e] + sh[e]);
-    if (lane == 0) {
-      if (p.saved_stats) p.saved_stats[t * tl.groups + g] = make_float2(mhat, rstd);
-      if (p.saved_corr && g == 0) p.saved_corr[t] = make_float2(ic1, ic2);
-    }
+    if (lane == 0) save_corrected(p, t, g, cs);
   }
-  if (lane == 0 && p.mean_out) {
-    p.mean_out[b * tl.groups + g] = s.m;
-    p.var_out[b * tl.groups + g] = s.v;
-    if (g == 0) p.count_out[b] = s.count;
-  }
+  if (lane == 0) write_final_state(p, b, g, s);
 }
 
 }  // namespace gecko::timestep_norm::kernels

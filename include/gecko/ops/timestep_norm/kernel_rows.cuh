@@ -188,10 +188,7 @@ __global__ void __launch_bounds__(256, 3) forward_rows_kernel(ForwardParams p, R
     if (lane < Gt) own = s_own[lane];
     ChainState in{0.f, 0.f, 0};
     if (tt == 0) {
-      if (lane < Gt && p.prev_mean) {
-        const int g = slab * Gt + lane;
-        in = ChainState{p.prev_mean[b * tl.groups + g], p.prev_var[b * tl.groups + g], p.prev_count[b]};
-      }
+      if (lane < Gt) in = initial_state(p, b, slab * Gt + lane);
     } else {
       if (lane < Gt) {
         p.agg[static_cast<long long>(flag_index) * Gt + lane] = own;
@@ -207,11 +204,8 @@ __global__ void __launch_bounds__(256, 3) forward_rows_kernel(ForwardParams p, R
       if (tt + 1 < tl.time_tiles) {
         p.incl[static_cast<long long>(flag_index) * Gt + lane] = out;
         __threadfence();  // only the inclusive state's writers
-      } else if (p.mean_out) {
-        const int g = slab * Gt + lane;
-        p.mean_out[b * tl.groups + g] = out.m;
-        p.var_out[b * tl.groups + g] = out.v;
-        if (g == 0) p.count_out[b] = out.count;
+      } else {
+        write_final_state(p, b, slab * Gt + lane, out);
       }
     }
     __syncwarp();
@@ -226,7 +220,6 @@ __global__ void __launch_bounds__(256, 3) forward_rows_kernel(ForwardParams p, R
       const int r = lane + 32 * h;
       if (r >= lt) continue;
       const long long t = row0 + t0 + r;
-      const bool padded = mask_at(p.pad, t);
       const int i = r * Gt + gi;
       const ChainState in = s_prefix[gi];
       const int code = s_n[i];
@@ -234,18 +227,10 @@ __global__ void __launch_bounds__(256, 3) forward_rows_kernel(ForwardParams p, R
       const long long count = reset ? -code : in.count + code;
       const float m = reset ? s_m[i] : fmaf(s_pw1[code], in.m, s_m[i]);
       const float v = reset ? s_v[i] : fmaf(s_pw2[code], in.v, s_v[i]);
-      float mhat = 0.f, rstd = 0.f, ic1 = 0.f, ic2 = 0.f;
-      if (!padded && count > 0) {
-        const float c = static_cast<float>(count);
-        ic1 = 1.f / -expm1f(c * p.d1.log_beta);
-        ic2 = 1.f / -expm1f(c * p.d2.log_beta);
-        mhat = m * ic1;
-        rstd = rsqrtf(v * ic2 + p.eps);
-      }
-      s_m[i] = mhat;
-      s_v[i] = rstd;
-      if (p.saved_stats) p.saved_stats[t * tl.groups + slab * Gt + gi] = make_float2(mhat, rstd);
-      if (p.saved_corr && slab == 0 && gi == 0) p.saved_corr[t] = make_float2(ic1, ic2);
+      const Corrected cs = bias_correct(p, mask_at(p.pad, t), count, m, v);
+      s_m[i] = cs.mhat;
+      s_v[i] = cs.rstd;
+      save_corrected(p, t, slab * Gt + gi, cs);
     }
   __syncthreads();
 
@@ -254,14 +239,7 @@ __global__ void __launch_bounds__(256, 3) forward_rows_kernel(ForwardParams p, R
   const int words = Dc / VEC, word = threadIdx.x % words, row_step = blockDim.x / words;
   const int c = word * VEC, gi = c / K;
   float sc[VEC], sh[VEC];
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) sc[j] = 1.f, sh[j] = 0.f;
-  if (weight) {
-    load_as_float<T, VEC>(weight + c0 + c, sc);
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) sc[j] += 1.f;
-  }
-  if (bias) load_as_float<T, VEC>(bias + c0 + c, sh);
+  load_affine<T, VEC>(weight, bias, c0 + c, sc, sh);
   for (int r = threadIdx.x / words; r < lt; r += row_step) {
     const Word pk = *reinterpret_cast<const Word*>(xs + r * pitch + c);
     const float mh = s_m[r * Gt + gi], rs = s_v[r * Gt + gi];
