@@ -2,6 +2,7 @@
 // dh_out; all parameter gradients). Ideal bytes: x and y (forward); x, dy and dx (backward).
 // Reference (authors' CUB-scan CUDA ops, H100, L = 16384): 9.328 ms forward, 32.265 ms
 // forward+backward.
+#include <algorithm>
 #include <cmath>
 
 #include "bench_common.cuh"
@@ -78,15 +79,13 @@ void BM_cema(benchmark::State& state, Pass pass, bool docs = false) {
   const auto path = pass == Pass::kForwardTiles ? cema::cuda::ForwardPath::kTiles : cema::cuda::ForwardPath::kAuto;
   const auto bpath =
       pass == Pass::kBackwardTiles ? cema::cuda::BackwardPath::kTiles : cema::cuda::BackwardPath::kAuto;
-  std::size_t fb = 0, bb = 0;
+  std::size_t fb = 0, fi = 0, bb = 0;
   throw_if_error(cema::cuda::forward_workspace_size(f, saved, fb, path));
-  throw_if_error(cema::cuda::backward_workspace_size(gb, bb, bpath));
-  DeviceBuffer<char> ws(std::max(fb, bb));
-  std::size_t fi = 0;
   throw_if_error(cema::cuda::forward_workspace_size(f, cema::cuda::Saved{}, fi, path));
-  DeviceBuffer<char> ws_infer(fi);
+  throw_if_error(cema::cuda::backward_workspace_size(gb, bb, bpath));
+  DeviceBuffer<char> ws(std::max({fb, fi, bb}));
   auto fwd = [&] { throw_if_error(cema::cuda::forward(f, saved, ws.data(), fb, nullptr, path)); };
-  auto fwd_infer = [&] { throw_if_error(cema::cuda::forward(f, cema::cuda::Saved{}, ws_infer.data(), fi, nullptr, path)); };
+  auto fwd_infer = [&] { throw_if_error(cema::cuda::forward(f, cema::cuda::Saved{}, ws.data(), fi, nullptr, path)); };
   auto bwd = [&] { throw_if_error(cema::cuda::backward(gb, saved, ws.data(), bb, nullptr, bpath)); };
   fwd();
   double bytes = 0;

@@ -1,10 +1,10 @@
-// Bulk asynchronous copies (sm_90, the tensor memory accelerator's 1-D form) and the shared-memory
-// barriers that count their bytes. One thread moves a whole contiguous row between global and
-// shared memory with one instruction, so a streaming kernel spends no per-element instructions or
-// registers on addresses, and the copy engine keeps the row in flight while the threads compute.
+// Bulk asynchronous loads (sm_90, the tensor memory accelerator's 1-D form) and the shared-memory
+// barriers that count their bytes. One thread moves a whole contiguous row from global to shared
+// memory with one instruction, so a kernel spends no per-element instructions or registers on
+// addresses, and the copy engine keeps the row in flight while the threads compute.
 //
 // Loads complete on an mbarrier (arrive_expect_tx by the issuing thread, then every waiting thread
-// polls the phase parity); stores are tracked per issuing thread in bulk groups.
+// polls the phase parity).
 // Requirements (PTX ISA, cp.async.bulk): 16-byte aligned addresses, sizes a multiple of 16.
 // Compiled for older architectures these helpers trap: callers select them only on sm_90+.
 #pragma once
@@ -67,46 +67,6 @@ __device__ __forceinline__ void load(void* smem_dst, const void* gmem_src, unsig
       : "memory");
 #else
   __trap();
-#endif
-}
-
-// shared -> global, `bytes` contiguous bytes, in the issuing thread's current bulk group.
-__device__ __forceinline__ void store(void* gmem_dst, const void* smem_src, unsigned bytes) {
-#ifdef GECKO_BULK_COPY
-  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(gmem_dst),
-               "r"(smem_addr(smem_src)), "r"(bytes)
-               : "memory");
-#else
-  __trap();
-#endif
-}
-
-__device__ __forceinline__ void commit_stores() {
-#ifdef GECKO_BULK_COPY
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-#endif
-}
-
-// Waits until every committed store group of this thread has finished reading shared memory
-// (the buffer may be overwritten; the global writes may still be in flight).
-__device__ __forceinline__ void wait_stores_read() {
-#ifdef GECKO_BULK_COPY
-  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-#endif
-}
-
-// Waits until every committed store group of this thread has completed.
-__device__ __forceinline__ void wait_stores() {
-#ifdef GECKO_BULK_COPY
-  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-#endif
-}
-
-// Orders this thread's earlier shared-memory writes before later bulk copies that read them
-// (generic proxy -> async proxy). Every writing thread fences, then the CTA synchronises.
-__device__ __forceinline__ void fence_shared_for_copies() {
-#ifdef GECKO_BULK_COPY
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
 

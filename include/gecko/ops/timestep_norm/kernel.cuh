@@ -151,6 +151,30 @@ __device__ __forceinline__ void load_affine(const T* weight, const T* bias, int 
   if (bias) load_as_float<T, VEC>(bias + c, sh);
 }
 
+// y for rows [0, lt) of a tile held in shared memory `pitch` elements apart, from each
+// (row, group)'s bias-corrected mean and rstd ([row][Gt]): thread = one 16-byte word (the word
+// mapping), whole rows per pass, so a warp's stores are contiguous. Padded tokens get 0.
+template <class T, int VEC>
+__device__ __forceinline__ void write_rows_by_word(const ForwardParams& p, const T* xs, int pitch, const float* s_mhat,
+                                                   const float* s_rstd, int lt, int b, int t0, int c0,
+                                                   const T* weight, const T* bias, T* y) {
+  const Tiling& tl = p.tl;
+  const WordMap wm(tl, VEC);
+  const int Gt = tl.slab_groups, c = wm.word * VEC, gi = c / tl.group_size;
+  const long long row0 = static_cast<long long>(b) * tl.length;
+  float sc[VEC], sh[VEC];
+  load_affine<T, VEC>(weight, bias, c0 + c, sc, sh);
+  for (int r = wm.row0; r < lt; r += wm.row_step) {
+    const Packed<T, VEC> pk = *reinterpret_cast<const Packed<T, VEC>*>(xs + r * pitch + c);
+    const float mh = s_mhat[r * Gt + gi], rs = s_rstd[r * Gt + gi];
+    const bool padded = mask_at(p.pad, row0 + t0 + r);
+    float out[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) out[j] = padded ? 0.f : (to_float(pk.v[j]) - mh) * rs * sc[j] + sh[j];
+    store_from_float<T, VEC>(y + b * p.y_sb + (t0 + r) * p.y_sl + c0 + c, out);
+  }
+}
+
 // Sum over the `lanes` lanes (a power of two) that share one (token, group) pair.
 __device__ __forceinline__ float pair_sum(float v, int lanes) {
   for (int off = lanes >> 1; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
@@ -397,19 +421,7 @@ __device__ void forward_tile(const ForwardParams& p, const T* __restrict__ weigh
 
   // y from the tile in shared memory.
   if (tl.word_mapped) {
-    const WordMap wm(tl, VEC);
-    const int c = wm.word * VEC, gi = c / K;
-    float sc[VEC], sh[VEC];
-    load_affine<T, VEC>(weight, bias, c0 + c, sc, sh);
-    for (int r = wm.row0; r < lt; r += wm.row_step) {
-      const Packed<T, VEC> pk = *reinterpret_cast<const Packed<T, VEC>*>(xs + r * Dc + c);
-      const float mh = s_m[r * Gt + gi], rs = s_v[r * Gt + gi];
-      const bool padded = mask_at(p.pad, row0 + t0 + r);
-      float out[VEC];
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) out[j] = padded ? 0.f : (to_float(pk.v[j]) - mh) * rs * sc[j] + sh[j];
-      store_from_float<T, VEC>(y + b * p.y_sb + (t0 + r) * p.y_sl + c0 + c, out);
-    }
+    write_rows_by_word<T, VEC>(p, xs, Dc, s_m, s_v, lt, b, t0, c0, weight, bias, y);
     return;
   }
   const int words = Dc / VEC;

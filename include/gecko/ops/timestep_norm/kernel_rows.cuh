@@ -16,7 +16,7 @@
 //     shared-memory window, no CTA barrier per round);
 //   - rows sit `pitch` elements apart in shared memory (the row plus 16 bytes), so the lanes'
 //     16-byte reads of one column hit distinct banks.
-// y is written as in forward_kernel: one 16-byte word per thread, whole rows per pass, coalesced.
+// y is written as in forward_kernel (write_rows_by_word): one 16-byte word per thread, coalesced.
 // Measured against forward_kernel in the same calls: bench/results/2026-11-28_h100_s19_tn_*.
 // Tiles of 32 tokens (one per lane) were a wash, and persistent variants with a ring of stages
 // were slower (held tickets delay the aggregates later tiles wait for):
@@ -234,21 +234,8 @@ __global__ void __launch_bounds__(256, 3) forward_rows_kernel(ForwardParams p, R
     }
   __syncthreads();
 
-  // y: thread = one 16-byte word of a row, whole rows per pass (the plan guarantees
-  // blockDim % words == 0), so a warp's stores are contiguous.
-  const int words = Dc / VEC, word = threadIdx.x % words, row_step = blockDim.x / words;
-  const int c = word * VEC, gi = c / K;
-  float sc[VEC], sh[VEC];
-  load_affine<T, VEC>(weight, bias, c0 + c, sc, sh);
-  for (int r = threadIdx.x / words; r < lt; r += row_step) {
-    const Word pk = *reinterpret_cast<const Word*>(xs + r * pitch + c);
-    const float mh = s_m[r * Gt + gi], rs = s_v[r * Gt + gi];
-    const bool pad_r = mask_at(p.pad, row0 + t0 + r);
-    float out[VEC];
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) out[j] = pad_r ? 0.f : (to_float(pk.v[j]) - mh) * rs * sc[j] + sh[j];
-    store_from_float<T, VEC>(y + b * p.y_sb + (t0 + r) * p.y_sl + c0 + c, out);
-  }
+  // y: the word mapping (the plan guarantees blockDim % words == 0), as forward_kernel.
+  write_rows_by_word<T, VEC>(p, xs, pitch, s_m, s_v, lt, b, t0, c0, weight, bias, y);
 }
 
 }  // namespace gecko::timestep_norm::kernels
