@@ -583,6 +583,69 @@ __device__ __forceinline__ void start_backward_tile(const BackwardParams& p, con
   load_tile<T, VEC>(xs + tl.tile_tokens * tl.slab_channels, dy, p.dy_sb, p.dy_sl, b, t0, lt, c0, tl.slab_channels);
 }
 
+// dx for rows [0, lt) of a backward tile (x and dy rows `pitch` elements apart in shared memory)
+// from each (row, group)'s saved (mhat, rstd), mu, du and dv ([row][Gt]), by the word mapping; then
+// the tile's share of dweight / dbias into p.partial: each thread sums its word's rows, and the
+// threads sharing a word (one per row of a pass) add their sums in a fixed order through `red`
+// (2 * row_step * Dc floats; it may alias the tiles, which are dead by then).
+template <class T, int VEC>
+__device__ __forceinline__ void write_dx_by_word(const BackwardParams& p, const T* xs, const T* gs, int pitch,
+                                                 const float2* stats, const float* s_mu, const float* s_du,
+                                                 const float* s_dv, int lt, int b, int t0, int c0, int tt,
+                                                 const T* weight, T* dx, float* red) {
+  const Tiling& tl = p.tl;
+  const WordMap wm(tl, VEC);
+  const int Dc = tl.slab_channels, Gt = tl.slab_groups, c = wm.word * VEC, gi = c / tl.group_size;
+  const long long row0 = static_cast<long long>(b) * tl.length;
+  const float inv_k = 1.f / tl.group_size;
+  float sc[VEC], acc_w[VEC], acc_b[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) sc[j] = 1.f, acc_w[j] = 0.f, acc_b[j] = 0.f;
+  if (weight) {
+    load_as_float<T, VEC>(weight + c0 + c, sc);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) sc[j] += 1.f;
+  }
+  for (int r = wm.row0; r < lt; r += wm.row_step) {
+    const int pi = r * Gt + gi;
+    const float2 st = stats[pi];
+    const bool padded = mask_at(p.pad, row0 + t0 + r);
+    const Packed<T, VEC> px = *reinterpret_cast<const Packed<T, VEC>*>(xs + r * pitch + c);
+    const Packed<T, VEC> pg = *reinterpret_cast<const Packed<T, VEC>*>(gs + r * pitch + c);
+    const float du = s_du[pi], dv = s_dv[pi], mu = s_mu[pi];
+    float out[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const float xv = to_float(px.v[j]), g = to_float(pg.v[j]);
+      out[j] = padded ? 0.f : g * sc[j] * st.y + (du + 2.f * dv * (xv - mu)) * inv_k;
+      if (!padded) {
+        acc_w[j] += g * (xv - st.x) * st.y;
+        acc_b[j] += g;
+      }
+    }
+    store_from_float<T, VEC>(dx + b * p.dx_sb + (t0 + r) * p.dx_sl + c0 + c, out);
+  }
+  if (!p.partial) return;
+  __syncthreads();  // every thread is done reading the tiles `red` may alias
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    red[(wm.row0 * 2) * Dc + c + j] = acc_w[j];
+    red[(wm.row0 * 2 + 1) * Dc + c + j] = acc_b[j];
+  }
+  __syncthreads();
+  const long long part = static_cast<long long>(tt) * tl.batch + b;
+  const long long parts = static_cast<long long>(tl.time_tiles) * tl.batch;
+  for (int col = threadIdx.x; col < Dc; col += blockDim.x) {
+    float sw = 0.f, sb = 0.f;
+    for (int k = 0; k < wm.row_step; ++k) {
+      sw += red[(2 * k) * Dc + col];
+      sb += red[(2 * k + 1) * Dc + col];
+    }
+    p.partial[part * tl.channels + c0 + col] = sw;
+    p.partial[(parts + part) * tl.channels + c0 + col] = sb;
+  }
+}
+
 template <class T, int VEC>
 __device__ void backward_tile(const BackwardParams& p, const T* __restrict__ weight, T* __restrict__ dx,
                               unsigned ticket, T* xs, const BackwardTileSmem& sm) {
@@ -768,61 +831,12 @@ __device__ void backward_tile(const BackwardParams& p, const T* __restrict__ wei
   __syncthreads();
 
   // dx, and this tile's share of dweight / dbias (one column per thread, summed over the tokens).
-  const float inv_k = 1.f / K;
   if (tl.word_mapped) {
-    const WordMap wm(tl, VEC);
-    const int c = wm.word * VEC, gi = c / K;
-    float sc[VEC], acc_w[VEC], acc_b[VEC];
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) sc[j] = 1.f, acc_w[j] = 0.f, acc_b[j] = 0.f;
-    if (weight) {
-      load_as_float<T, VEC>(weight + c0 + c, sc);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) sc[j] += 1.f;
-    }
-    for (int r = wm.row0; r < lt; r += wm.row_step) {
-      const long long t = row0 + t0 + r;
-      const int pi = r * Gt + gi;
-      const float2 st = sm.stats[r * Gt + gi];
-      const bool padded = mask_at(p.pad, t);
-      const Packed<T, VEC> px = *reinterpret_cast<const Packed<T, VEC>*>(xs + r * Dc + c);
-      const Packed<T, VEC> pg = *reinterpret_cast<const Packed<T, VEC>*>(gs + r * Dc + c);
-      const float du = s_gm[pi], dv = s_gv[pi], mu = s_mu[pi];
-      float out[VEC];
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        const float xv = to_float(px.v[j]), g = to_float(pg.v[j]);
-        out[j] = padded ? 0.f : g * sc[j] * st.y + (du + 2.f * dv * (xv - mu)) * inv_k;
-        if (!padded) {
-          acc_w[j] += g * (xv - st.x) * st.y;
-          acc_b[j] += g;
-        }
-      }
-      store_from_float<T, VEC>(dx + b * p.dx_sb + (t0 + r) * p.dx_sl + c0 + c, out);
-    }
-    if (!p.partial) return;
-    // Threads sharing a word (one per row of a pass) add their sums in a fixed order.
-    __syncthreads();  // the tiles are no longer read: reuse them as scratch
-    float* red = reinterpret_cast<float*>(xs);
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      red[(wm.row0 * 2) * Dc + c + j] = acc_w[j];
-      red[(wm.row0 * 2 + 1) * Dc + c + j] = acc_b[j];
-    }
-    __syncthreads();
-    const long long part = static_cast<long long>(tt) * tl.batch + b;
-    const long long parts = static_cast<long long>(tl.time_tiles) * tl.batch;
-    for (int col = threadIdx.x; col < Dc; col += blockDim.x) {
-      float sw = 0.f, sb = 0.f;
-      for (int k = 0; k < wm.row_step; ++k) {
-        sw += red[(2 * k) * Dc + col];
-        sb += red[(2 * k + 1) * Dc + col];
-      }
-      p.partial[part * tl.channels + c0 + col] = sw;
-      p.partial[(parts + part) * tl.channels + c0 + col] = sb;
-    }
+    write_dx_by_word<T, VEC>(p, xs, gs, Dc, sm.stats, s_mu, s_gm, s_gv, lt, b, t0, c0, tt, weight, dx,
+                             reinterpret_cast<float*>(xs));
     return;
   }
+  const float inv_k = 1.f / K;
   const int words = Dc / VEC;
   for (int i = threadIdx.x; i < lt * words; i += blockDim.x) {
     const int r = i / words, w = i - r * words;

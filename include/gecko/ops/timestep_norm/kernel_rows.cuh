@@ -71,16 +71,18 @@ __device__ __forceinline__ ScanEl warp_scan(ScanEl inc, const float* pw1, const 
 // nearest published inclusive state, then the aggregates after it in order, eight loads in
 // flight per round trip. The same left-to-right updates whichever inclusive state is found, so
 // the result is bitwise reproducible (core/lookback.cuh).
-__device__ __forceinline__ ChainState warp_chain_prefix(unsigned* flags, int chains, int chain, int position,
-                                                        const Aggregate* aggs, const ChainState* incls, int width) {
+// State / Agg: the forward's ChainState / Aggregate or the backward's AdjointState / AdjointAggregate.
+template <class State, class Agg>
+__device__ __forceinline__ State warp_chain_prefix(unsigned* flags, int chains, int chain, int position,
+                                                   const Agg* aggs, const State* incls, int width) {
   const int lane = threadIdx.x & 31;
   const int k = lookback::warp_find_inclusive(flags + chain, chains, position);
-  ChainState st{};
+  State st{};
   if (lane < width) {
     st = lookback_load(incls + (static_cast<long long>(k) * chains + chain) * width + lane);
     int j = k + 1;
     for (; j + 8 <= position; j += 8) {
-      Aggregate a[8];
+      Agg a[8];
 #pragma unroll
       for (int u = 0; u < 8; ++u) a[u] = lookback_load(aggs + (static_cast<long long>(j + u) * chains + chain) * width + lane);
 #pragma unroll

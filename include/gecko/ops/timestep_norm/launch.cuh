@@ -15,6 +15,7 @@
 #include "gecko/ops/timestep_norm/kernel.cuh"
 #include "gecko/ops/timestep_norm/kernel_decode.cuh"
 #include "gecko/ops/timestep_norm/kernel_rows.cuh"
+#include "gecko/ops/timestep_norm/kernel_rows_backward.cuh"
 
 namespace gecko::timestep_norm::cuda {
 
@@ -32,7 +33,7 @@ using gecko::align_up;
 struct Plan {
   kernels::Tiling tl{};
   int vec = 1;
-  int rows_kv = 0;  // > 0: the forward of kernel_rows.cuh, groups of rows_kv 16-byte words
+  int rows_kv = 0;  // > 0: kernel_rows.cuh / kernel_rows_backward.cuh, groups of rows_kv 16-byte words
   int pitch = 0;
   std::size_t smem = 0;
   std::size_t flags_bytes = 0;  // ticket + flags: zeroed before every launch
@@ -66,6 +67,38 @@ void plan_rows(Plan& pl) {
   tl.time_tiles = (tl.length + kernels::kRowsTile - 1) / kernels::kRowsTile;
   pl.pitch = tl.slab_channels + V;
   pl.smem = kernels::rows_smem_bytes<T>(pl.pitch, gt);
+}
+
+// The same for a backward plan (kernel_rows_backward.cuh): x and dy tiles of 64 tokens and at most
+// 512 bytes per row (three CTAs per SM), the word mapping for dx, and its reduction scratch
+// within the two tiles.
+template <class T>
+void plan_rows_backward(Plan& pl) {
+  kernels::Tiling& tl = pl.tl;
+  const DeviceInfo* dev = nullptr;
+  if (!current_device_info(&dev).ok() || dev->major < 9) return;
+  constexpr int V = kVec16<T>;
+  if (pl.vec != V || tl.group_size % V != 0) return;
+  const int kv = tl.group_size / V;
+  if (kv != 1 && kv != 2 && kv != 4 && kv != 8 && kv != 16) return;
+  int gt = 0;
+  for (int d = 1; d <= std::min(tl.groups, 32); ++d) {
+    const long long dc = static_cast<long long>(d) * tl.group_size, words = dc / V;
+    const long long pitch_bytes = (dc + V) * static_cast<long long>(sizeof(T));
+    if (tl.groups % d == 0 && dc * static_cast<long long>(sizeof(T)) <= 512 && 256 % words == 0 &&
+        2 * (256 / words) * dc * 4 <= 2 * kernels::kRowsTile * pitch_bytes)
+      gt = d;
+  }
+  if (gt == 0) return;
+  pl.rows_kv = kv;
+  tl.slab_groups = gt;
+  tl.slab_channels = gt * tl.group_size;
+  tl.slabs = tl.channels / tl.slab_channels;
+  tl.tile_tokens = kernels::kRowsTile;
+  tl.time_tiles = (tl.length + kernels::kRowsTile - 1) / kernels::kRowsTile;
+  tl.word_mapped = 1;
+  pl.pitch = tl.slab_channels + V;
+  pl.smem = kernels::rows_backward_smem_bytes<T>(pl.pitch, gt, tl.slab_channels);
 }
 
 template <class T>
@@ -112,7 +145,11 @@ Plan make_plan(const Problem& p, bool backward, bool partials, std::initializer_
                      (!backward || 2 * (256 / words) * 4 <= 2 * tl.tile_tokens * static_cast<int>(sizeof(T)));
   }
 
-  if (!backward) plan_rows<T>(pl);
+  if (backward) {
+    plan_rows_backward<T>(pl);
+  } else {
+    plan_rows<T>(pl);
+  }
 
   const std::size_t tile_elems = static_cast<std::size_t>(tl.tile_tokens) * tl.slab_channels;
   const std::size_t pairs = static_cast<std::size_t>(tl.tile_tokens) * tl.slab_groups;
@@ -185,6 +222,16 @@ Status tile_grid(K, const Plan& pl, unsigned& grid) {
   return Status::success();
 }
 
+inline kernels::RowsConfig rows_config(const Plan& pl, double beta1, double beta2) {
+  kernels::RowsConfig cfg{};
+  cfg.pitch = pl.pitch;
+  for (int n = 0; n <= kernels::kRowsTile; ++n) {  // beta^n in double, rounded once
+    cfg.pw1[n] = static_cast<float>(std::pow(beta1, n));
+    cfg.pw2[n] = static_cast<float>(std::pow(beta2, n));
+  }
+  return cfg;
+}
+
 template <class T, int KV>
 Status launch_rows_kv(const kernels::ForwardParams& kp, const kernels::RowsConfig& cfg, const Plan& pl,
                       const ForwardArgs<T>& a, cudaStream_t stream) {
@@ -198,12 +245,7 @@ Status launch_rows_kv(const kernels::ForwardParams& kp, const kernels::RowsConfi
 
 template <class T>
 Status launch_rows(const kernels::ForwardParams& kp, const Plan& pl, const ForwardArgs<T>& a, cudaStream_t stream) {
-  kernels::RowsConfig cfg{};
-  cfg.pitch = pl.pitch;
-  for (int n = 0; n <= kernels::kRowsTile; ++n) {  // beta^n in double, rounded once
-    cfg.pw1[n] = static_cast<float>(std::pow(static_cast<double>(a.beta1), n));
-    cfg.pw2[n] = static_cast<float>(std::pow(static_cast<double>(a.beta2), n));
-  }
+  const kernels::RowsConfig cfg = rows_config(pl, a.beta1, a.beta2);
   switch (pl.rows_kv) {
     case 1: return launch_rows_kv<T, 1>(kp, cfg, pl, a, stream);
     case 2: return launch_rows_kv<T, 2>(kp, cfg, pl, a, stream);
@@ -211,6 +253,31 @@ Status launch_rows(const kernels::ForwardParams& kp, const Plan& pl, const Forwa
     case 8: return launch_rows_kv<T, 8>(kp, cfg, pl, a, stream);
     case 16: return launch_rows_kv<T, 16>(kp, cfg, pl, a, stream);
     default: return internal_error("timestep norm: no row-per-lane forward for groups of " + std::to_string(pl.rows_kv) + " words");
+  }
+}
+
+template <class T, int KV>
+Status launch_rows_backward_kv(const kernels::BackwardParams& kp, const kernels::RowsConfig& cfg, const Plan& pl,
+                               const BackwardArgs<T>& a, cudaStream_t stream) {
+  auto kernel = kernels::backward_rows_kernel<T, KV>;
+  GECKO_RETURN_IF_ERROR(allow_dynamic_smem(kernel, pl.smem));
+  unsigned grid = 0;
+  GECKO_RETURN_IF_ERROR(tile_grid(kernel, pl, grid));
+  kernel<<<grid, 256, pl.smem, stream>>>(kp, cfg, a.x.data, a.weight.data, a.dy.data, a.dx.data);
+  return last_launch_status("timestep_norm backward");
+}
+
+template <class T>
+Status launch_rows_backward(const kernels::BackwardParams& kp, const Plan& pl, const BackwardArgs<T>& a,
+                            cudaStream_t stream) {
+  const kernels::RowsConfig cfg = rows_config(pl, a.beta1, a.beta2);
+  switch (pl.rows_kv) {
+    case 1: return launch_rows_backward_kv<T, 1>(kp, cfg, pl, a, stream);
+    case 2: return launch_rows_backward_kv<T, 2>(kp, cfg, pl, a, stream);
+    case 4: return launch_rows_backward_kv<T, 4>(kp, cfg, pl, a, stream);
+    case 8: return launch_rows_backward_kv<T, 8>(kp, cfg, pl, a, stream);
+    case 16: return launch_rows_backward_kv<T, 16>(kp, cfg, pl, a, stream);
+    default: return internal_error("timestep norm: no row-per-lane backward for groups of " + std::to_string(pl.rows_kv) + " words");
   }
 }
 
@@ -370,7 +437,9 @@ Status backward(const BackwardArgs<T>& a, const Saved& saved, void* workspace, s
   kp.agg = reinterpret_cast<kernels::AdjointAggregate*>(ws + pl.agg_offset);
   kp.incl = reinterpret_cast<kernels::AdjointState*>(ws + pl.incl_offset);
   unsigned grid = 0;
-  if (pl.vec == 1) {
+  if (pl.rows_kv > 0) {
+    GECKO_RETURN_IF_ERROR(detail::launch_rows_backward(kp, pl, a, stream));
+  } else if (pl.vec == 1) {
     GECKO_RETURN_IF_ERROR(allow_dynamic_smem(kernels::backward_kernel<T, 1>, pl.smem));
     GECKO_RETURN_IF_ERROR(detail::tile_grid(kernels::backward_kernel<T, 1>, pl, grid));
     kernels::backward_kernel<T, 1><<<grid, 256, pl.smem, stream>>>(kp, a.x.data, a.weight.data, a.dy.data, a.dx.data);
