@@ -93,6 +93,23 @@ __device__ __forceinline__ State warp_chain_prefix(unsigned* flags, int chains, 
   return st;
 }
 
+// The start of every rows kernel: the barrier the tile's bulk loads complete on, the CTA's ticket
+// (launch order) and the beta^n tables in shared memory. Called by the whole CTA.
+__device__ __forceinline__ unsigned rows_prologue(const RowsConfig& cfg, unsigned* ticket_counter, std::uint64_t* bar,
+                                                  float* s_pw1, float* s_pw2) {
+  __shared__ unsigned s_ticket;
+  if (threadIdx.x == 0) {
+    bulk::init_barrier(bar, 1);
+    s_ticket = lookback::take_ticket(ticket_counter);
+  }
+  for (int i = threadIdx.x; i <= kRowsTile; i += blockDim.x) {
+    s_pw1[i] = cfg.pw1[i];
+    s_pw2[i] = cfg.pw2[i];
+  }
+  __syncthreads();
+  return s_ticket;
+}
+
 template <class T, int KV>
 __global__ void __launch_bounds__(256, 3) forward_rows_kernel(ForwardParams p, RowsConfig cfg, const T* __restrict__ x,
                                                               const T* __restrict__ weight, const T* __restrict__ bias,
@@ -114,18 +131,7 @@ __global__ void __launch_bounds__(256, 3) forward_rows_kernel(ForwardParams p, R
   float* s_pw1 = reinterpret_cast<float*>(s_n + kRowsTile * Gt);
   float* s_pw2 = s_pw1 + kRowsTile + 1;
   __shared__ std::uint64_t s_bar;
-  __shared__ unsigned s_ticket;
-
-  if (threadIdx.x == 0) {
-    bulk::init_barrier(&s_bar, 1);
-    s_ticket = lookback::take_ticket(p.ticket);
-  }
-  for (int i = threadIdx.x; i <= kRowsTile; i += blockDim.x) {
-    s_pw1[i] = cfg.pw1[i];
-    s_pw2[i] = cfg.pw2[i];
-  }
-  __syncthreads();
-  const unsigned ticket = s_ticket;
+  const unsigned ticket = rows_prologue(cfg, p.ticket, &s_bar, s_pw1, s_pw2);
   const int tt = static_cast<int>(ticket) / chains, chain = static_cast<int>(ticket) % chains;
   const int b = chain / tl.slabs, slab = chain % tl.slabs;
   const int t0 = tt * kRowsTile, lt = min(kRowsTile, tl.length - t0), c0 = slab * Dc;

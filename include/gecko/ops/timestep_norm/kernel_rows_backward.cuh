@@ -77,18 +77,7 @@ __global__ void __launch_bounds__(256, 3)
   float* s_pw1 = s_scale + Dc;
   float* s_pw2 = s_pw1 + kRowsTile + 1;
   __shared__ std::uint64_t s_bar;
-  __shared__ unsigned s_ticket;
-
-  if (threadIdx.x == 0) {
-    bulk::init_barrier(&s_bar, 1);
-    s_ticket = lookback::take_ticket(p.ticket);
-  }
-  for (int i = threadIdx.x; i <= kRowsTile; i += blockDim.x) {
-    s_pw1[i] = cfg.pw1[i];
-    s_pw2[i] = cfg.pw2[i];
-  }
-  __syncthreads();
-  const unsigned ticket = s_ticket;
+  const unsigned ticket = rows_prologue(cfg, p.ticket, &s_bar, s_pw1, s_pw2);
   const int step = static_cast<int>(ticket) / chains, chain = static_cast<int>(ticket) % chains;
   const int tt = tl.time_tiles - 1 - step;  // tiles are visited from the end of time
   const int b = chain / tl.slabs, slab = chain % tl.slabs;

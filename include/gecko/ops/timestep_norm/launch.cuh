@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <cuda_runtime.h>
 
 #include "gecko/core/cuda_check.hpp"
@@ -232,53 +233,46 @@ inline kernels::RowsConfig rows_config(const Plan& pl, double beta1, double beta
   return cfg;
 }
 
-template <class T, int KV>
-Status launch_rows_kv(const kernels::ForwardParams& kp, const kernels::RowsConfig& cfg, const Plan& pl,
-                      const ForwardArgs<T>& a, cudaStream_t stream) {
-  auto kernel = kernels::forward_rows_kernel<T, KV>;
+// Calls f(std::integral_constant<int, KV>{}) for the plan's group width in 16-byte words.
+template <class F>
+Status with_rows_kv(int kv, F&& f) {
+  switch (kv) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 16: return f(std::integral_constant<int, 16>{});
+    default: return internal_error("timestep norm: no row-per-lane kernel for groups of " + std::to_string(kv) + " words");
+  }
+}
+
+// One CTA of 256 threads per tile of the plan.
+template <class Kernel, class... Args>
+Status launch_tiles(Kernel kernel, const Plan& pl, cudaStream_t stream, const char* what, Args... args) {
   GECKO_RETURN_IF_ERROR(allow_dynamic_smem(kernel, pl.smem));
   unsigned grid = 0;
   GECKO_RETURN_IF_ERROR(tile_grid(kernel, pl, grid));
-  kernel<<<grid, 256, pl.smem, stream>>>(kp, cfg, a.x.data, a.weight.data, a.bias.data, a.y.data);
-  return last_launch_status("timestep_norm forward");
+  kernel<<<grid, 256, pl.smem, stream>>>(args...);
+  return last_launch_status(what);
 }
 
 template <class T>
 Status launch_rows(const kernels::ForwardParams& kp, const Plan& pl, const ForwardArgs<T>& a, cudaStream_t stream) {
   const kernels::RowsConfig cfg = rows_config(pl, a.beta1, a.beta2);
-  switch (pl.rows_kv) {
-    case 1: return launch_rows_kv<T, 1>(kp, cfg, pl, a, stream);
-    case 2: return launch_rows_kv<T, 2>(kp, cfg, pl, a, stream);
-    case 4: return launch_rows_kv<T, 4>(kp, cfg, pl, a, stream);
-    case 8: return launch_rows_kv<T, 8>(kp, cfg, pl, a, stream);
-    case 16: return launch_rows_kv<T, 16>(kp, cfg, pl, a, stream);
-    default: return internal_error("timestep norm: no row-per-lane forward for groups of " + std::to_string(pl.rows_kv) + " words");
-  }
-}
-
-template <class T, int KV>
-Status launch_rows_backward_kv(const kernels::BackwardParams& kp, const kernels::RowsConfig& cfg, const Plan& pl,
-                               const BackwardArgs<T>& a, cudaStream_t stream) {
-  auto kernel = kernels::backward_rows_kernel<T, KV>;
-  GECKO_RETURN_IF_ERROR(allow_dynamic_smem(kernel, pl.smem));
-  unsigned grid = 0;
-  GECKO_RETURN_IF_ERROR(tile_grid(kernel, pl, grid));
-  kernel<<<grid, 256, pl.smem, stream>>>(kp, cfg, a.x.data, a.weight.data, a.dy.data, a.dx.data);
-  return last_launch_status("timestep_norm backward");
+  return with_rows_kv(pl.rows_kv, [&](auto kv) {
+    return launch_tiles(kernels::forward_rows_kernel<T, decltype(kv)::value>, pl, stream, "timestep_norm forward", kp,
+                        cfg, a.x.data, a.weight.data, a.bias.data, a.y.data);
+  });
 }
 
 template <class T>
 Status launch_rows_backward(const kernels::BackwardParams& kp, const Plan& pl, const BackwardArgs<T>& a,
                             cudaStream_t stream) {
   const kernels::RowsConfig cfg = rows_config(pl, a.beta1, a.beta2);
-  switch (pl.rows_kv) {
-    case 1: return launch_rows_backward_kv<T, 1>(kp, cfg, pl, a, stream);
-    case 2: return launch_rows_backward_kv<T, 2>(kp, cfg, pl, a, stream);
-    case 4: return launch_rows_backward_kv<T, 4>(kp, cfg, pl, a, stream);
-    case 8: return launch_rows_backward_kv<T, 8>(kp, cfg, pl, a, stream);
-    case 16: return launch_rows_backward_kv<T, 16>(kp, cfg, pl, a, stream);
-    default: return internal_error("timestep norm: no row-per-lane backward for groups of " + std::to_string(pl.rows_kv) + " words");
-  }
+  return with_rows_kv(pl.rows_kv, [&](auto kv) {
+    return launch_tiles(kernels::backward_rows_kernel<T, decltype(kv)::value>, pl, stream, "timestep_norm backward",
+                        kp, cfg, a.x.data, a.weight.data, a.dy.data, a.dx.data);
+  });
 }
 
 }  // namespace detail
